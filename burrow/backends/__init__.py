@@ -1,0 +1,28 @@
+"""Storage backends behind one contract (:class:`burrow.backends.base.Backend`).
+
+:func:`open_backend` is the one place a storage URL becomes a backend.
+"""
+
+from __future__ import annotations
+
+from burrow.backends.base import Backend
+from burrow.config import Settings
+
+
+def open_backend(url: str, settings: Settings) -> Backend:
+    """Build the backend a storage URL names (not yet opened)."""
+    scheme, sep, _ = url.partition("://")
+    if not sep:
+        raise ValueError(f"backend must be a URL like memory:// or sqlite:///path.db, got {url!r}")
+    if scheme == "memory":
+        from burrow.backends.memory import MemoryBackend
+
+        return MemoryBackend()
+    if scheme == "sqlite":
+        try:
+            from burrow.backends.sqlite import SQLiteBackend  # type: ignore[import-not-found,unused-ignore]
+        except ImportError:
+            raise ValueError("the sqlite backend is not available in this build") from None
+        backend: Backend = SQLiteBackend.from_url(url, settings)
+        return backend
+    raise ValueError(f"unknown backend scheme {scheme!r}; known: memory, sqlite")

@@ -1,0 +1,1 @@
+"""Pure queue semantics: values, validation and time arithmetic. No I/O, no clock reads."""

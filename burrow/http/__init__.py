@@ -1,0 +1,1 @@
+"""The thin HTTP layer: request/response types, the asyncio protocol and the server."""
