@@ -23,6 +23,14 @@ Rules every method keeps:
   and the change is not visible.
 * Methods return empty lists / None when nothing matched; turning that into a 404 is
   the service's job.
+* ``Message.meta`` is opaque bytes stored and returned verbatim (a front end's own
+  per-message data); PUT replaces it like the body. ``expect_hidden_until`` on the
+  single-message writes is a compare-and-set: the write happens only if the stored
+  ``hidden_until`` equals it, which lets a front end read, decide and write without
+  a lock (SQS receives and receipt handles are built on it).
+* Queue metadata (:meth:`Backend.set_queue_meta`) is a separate namespace for
+  front ends whose queues exist while empty (SQS); it does not make a queue appear in
+  :meth:`Backend.list_queues`, which lists only queues holding messages.
 """
 
 from __future__ import annotations
@@ -92,21 +100,47 @@ class Backend(ABC):
         expires: float,
         hidden_until: float,
         now: float,
+        meta: bytes = b"",
     ) -> bool:
-        """Create the message, or replace body and deadlines keeping its position.
+        """Create the message, or replace body, deadlines and meta keeping its position.
 
         Returns True when it was created (an expired message counts as absent).
         """
 
     @abstractmethod
     async def update_message(
-        self, account: str, queue: str, message: str, update: Update, now: float
+        self,
+        account: str,
+        queue: str,
+        message: str,
+        update: Update,
+        now: float,
+        expect_hidden_until: float | None = None,
     ) -> Message | None:
-        """Set new deadlines on one message; return it as updated, or None if absent."""
+        """Set new deadlines (and meta) on one message; return it as updated.
+
+        None if absent, or if ``expect_hidden_until`` is given and differs from the
+        stored value (then nothing changes).
+        """
 
     @abstractmethod
-    async def delete_message(self, account: str, queue: str, message: str, now: float) -> Message | None:
-        """Delete one message; return it as it was, or None if absent."""
+    async def delete_message(
+        self, account: str, queue: str, message: str, now: float, expect_hidden_until: float | None = None
+    ) -> Message | None:
+        """Delete one message; return it as it was. None if absent or the expectation fails."""
+
+    # -- queue metadata ---------------------------------------------------------
+    @abstractmethod
+    async def get_queue_meta(self, account: str, queue: str) -> bytes | None:
+        """A front end's stored metadata for the queue, or None."""
+
+    @abstractmethod
+    async def set_queue_meta(self, account: str, queue: str, meta: bytes | None) -> None:
+        """Store (or with None, remove) the queue's metadata. New entries go last in order."""
+
+    @abstractmethod
+    async def list_queue_meta(self, account: str) -> list[tuple[str, bytes]]:
+        """(queue, metadata) for every queue of the account that has metadata, in creation order."""
 
     # -- housekeeping -----------------------------------------------------------
     @abstractmethod

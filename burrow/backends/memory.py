@@ -24,12 +24,13 @@ _NEVER = float("inf")
 class _Slot:
     """One stored message; mutable so updates do not reallocate."""
 
-    __slots__ = ("body", "expires", "hidden_until")
+    __slots__ = ("body", "expires", "hidden_until", "meta")
 
-    def __init__(self, body: bytes, expires: float, hidden_until: float) -> None:
+    def __init__(self, body: bytes, expires: float, hidden_until: float, meta: bytes) -> None:
         self.body = body
         self.expires = expires
         self.hidden_until = hidden_until
+        self.meta = meta
 
 
 class _Queue:
@@ -51,7 +52,7 @@ def _after_marker(keys: Iterator[str], container: Container[str], marker: str | 
 
 
 def _snapshot(key: str, slot: _Slot) -> Message:
-    return Message(key, slot.body, slot.expires, slot.hidden_until)
+    return Message(key, slot.body, slot.expires, slot.hidden_until, slot.meta)
 
 
 class MemoryBackend(Backend):
@@ -62,6 +63,7 @@ class MemoryBackend(Backend):
     def __init__(self) -> None:
         self._accounts: dict[str, dict[str, _Queue]] = {}
         self._unhide: list[tuple[float, str, str]] = []
+        self._queue_meta: dict[str, dict[str, bytes]] = {}
 
     # -- helpers ----------------------------------------------------------------
     def _names(self, container: Mapping[str, object], filter: Filter) -> list[str]:
@@ -109,6 +111,8 @@ class MemoryBackend(Backend):
             slot.hidden_until = update.hidden_until
             if update.hidden_until > now:
                 heapq.heappush(self._unhide, (update.hidden_until, account, queue))
+        if update.meta is not None:
+            slot.meta = update.meta
 
     # -- accounts ---------------------------------------------------------------
     async def list_accounts(self, filter: Filter, now: float) -> list[str]:
@@ -183,6 +187,7 @@ class MemoryBackend(Backend):
         expires: float,
         hidden_until: float,
         now: float,
+        meta: bytes = b"",
     ) -> bool:
         queues = self._accounts.get(account)
         if queues is None:
@@ -195,7 +200,7 @@ class MemoryBackend(Backend):
         created = slot is None or 0 < slot.expires <= now
         if slot is not None and created:
             del messages[message]  # an expired message is replaced as a new one, at the end
-        messages[message] = _Slot(body, expires, hidden_until)
+        messages[message] = _Slot(body, expires, hidden_until, meta)
         if 0 < expires < q.next_expiry:
             q.next_expiry = expires
         if hidden_until > now:
@@ -203,25 +208,54 @@ class MemoryBackend(Backend):
         return created
 
     async def update_message(
-        self, account: str, queue: str, message: str, update: Update, now: float
+        self,
+        account: str,
+        queue: str,
+        message: str,
+        update: Update,
+        now: float,
+        expect_hidden_until: float | None = None,
     ) -> Message | None:
         q = self._queue(account, queue)
         slot = None if q is None else q.messages.get(message)
         if q is None or slot is None or 0 < slot.expires <= now:
             return None
+        if expect_hidden_until is not None and slot.hidden_until != expect_hidden_until:
+            return None
         self._apply(account, queue, q, slot, update, now)
         return _snapshot(message, slot)
 
-    async def delete_message(self, account: str, queue: str, message: str, now: float) -> Message | None:
+    async def delete_message(
+        self, account: str, queue: str, message: str, now: float, expect_hidden_until: float | None = None
+    ) -> Message | None:
         q = self._queue(account, queue)
         if q is None:
             return None
         slot = q.messages.get(message)
         if slot is None:
             return None
+        if expect_hidden_until is not None and slot.hidden_until != expect_hidden_until:
+            return None
         del q.messages[message]
         self._drop_if_empty(account, queue, q)
         return None if 0 < slot.expires <= now else _snapshot(message, slot)
+
+    # -- queue metadata ---------------------------------------------------------
+    async def get_queue_meta(self, account: str, queue: str) -> bytes | None:
+        metas = self._queue_meta.get(account)
+        return None if metas is None else metas.get(queue)
+
+    async def set_queue_meta(self, account: str, queue: str, meta: bytes | None) -> None:
+        metas = self._queue_meta.setdefault(account, {})
+        if meta is None:
+            metas.pop(queue, None)
+            if not metas:
+                del self._queue_meta[account]
+        else:
+            metas[queue] = meta
+
+    async def list_queue_meta(self, account: str) -> list[tuple[str, bytes]]:
+        return list(self._queue_meta.get(account, {}).items())
 
     # -- housekeeping -----------------------------------------------------------
     async def clean(self, now: float) -> list[tuple[str, str]]:

@@ -23,6 +23,9 @@ class Message:
     expires: float
     #: Absolute time the message becomes visible; 0 (or any time <= now) = visible.
     hidden_until: float
+    #: Opaque bytes owned by a protocol front end (SQS keeps its message attributes and
+    #: receive count here); empty for plain burrow messages. Backends store it verbatim.
+    meta: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,7 @@ class Update:
 
     expires: float | None = None
     hidden_until: float | None = None
+    meta: bytes | None = None
 
 
 class Detail(Enum):

@@ -1,0 +1,1 @@
+"""Reusable test machinery: backend factories and in-process servers for every test layer."""

@@ -1,0 +1,42 @@
+"""Start a real Burrow server in-process on an ephemeral port, for tests and benchmarks."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from burrow.api.routes import App
+from burrow.backends import open_backend
+from burrow.config import Settings
+from burrow.http.server import HttpServer, start_server
+from burrow.service import Clock, Service
+
+
+@dataclass
+class RunningServer:
+    service: Service
+    http: HttpServer
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http.port}"
+
+    @property
+    def port(self) -> int:
+        return self.http.port
+
+
+@asynccontextmanager
+async def running_server(settings: Settings | None = None, clock: Clock | None = None) -> AsyncIterator[RunningServer]:
+    """Serve until the block exits; readiness is the listening socket, never a sleep."""
+    settings = (settings or Settings(backend="memory://")).replace(host="127.0.0.1", port=0)
+    backend = open_backend(settings.backend_url(), settings)
+    service = Service(backend, settings) if clock is None else Service(backend, settings, clock)
+    await service.start()
+    http = await start_server(App(service), settings)
+    try:
+        yield RunningServer(service, http)
+    finally:
+        await http.close()
+        await service.stop()
