@@ -13,6 +13,7 @@ the pure core nor a backend may do:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -39,6 +40,7 @@ class Service:
         self.clock = clock
         self._waiters: dict[QueueKey, set[asyncio.Future[None]]] = {}
         self._cleaner: asyncio.Task[None] | None = None
+        self._stop_hooks: list[Callable[[], Awaitable[None]]] = []
 
     # -- lifecycle --------------------------------------------------------------
     async def start(self) -> None:
@@ -50,19 +52,23 @@ class Service:
         """Stop the cleaner, wake every waiter (they answer 404) and close the backend."""
         if self._cleaner is not None:
             self._cleaner.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._cleaner
-            except asyncio.CancelledError:
-                pass
             self._cleaner = None
+        for hook in self._stop_hooks:
+            await hook()
         for key in list(self._waiters):
-            self._notify(key)
+            self.notify(key)
         await self.backend.close()
+
+    def on_stop(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run ``hook`` in :meth:`stop` before the backend closes (a front end's background tasks)."""
+        self._stop_hooks.append(hook)
 
     async def clean(self) -> None:
         """One cleaner pass: expire, unhide, drop empty queues, wake whoever can now proceed."""
         for key in await self.backend.clean(self.clock()):
-            self._notify(key)
+            self.notify(key)
 
     async def _clean_forever(self) -> None:
         interval = self.settings.clean_interval
@@ -100,7 +106,7 @@ class Service:
     # -- message lists ----------------------------------------------------------
     async def get_messages(self, account: str, queue: str, filter: Filter, wait: int = 0) -> list[Message]:
         capped = self._capped(filter)
-        return await self._polling(
+        return await self.poll(
             account, queue, wait, lambda: self.backend.get_messages(account, queue, capped, self.clock())
         )
 
@@ -118,13 +124,13 @@ class Service:
             update = self._update(ttl, hide, now)
             return await self.backend.update_messages(account, queue, filter, update, now)
 
-        result = await self._polling(account, queue, wait, attempt)
+        result = await self.poll(account, queue, wait, attempt)
         if hide == 0 and result:
-            self._notify((account, queue))
+            self.notify((account, queue))
         return result
 
     async def delete_messages(self, account: str, queue: str, filter: Filter, wait: int = 0) -> list[Message]:
-        return await self._polling(
+        return await self.poll(
             account, queue, wait, lambda: self.backend.delete_messages(account, queue, filter, self.clock())
         )
 
@@ -150,7 +156,7 @@ class Service:
             account, queue, message, body, deadline(ttl, now), deadline(hide, now), now
         )
         if not hide:
-            self._notify((account, queue))
+            self.notify((account, queue))
         return created
 
     async def update_message(
@@ -159,7 +165,7 @@ class Service:
         now = self.clock()
         result = await self.backend.update_message(account, queue, message, self._update(ttl, hide, now), now)
         if hide == 0 and result is not None:
-            self._notify((account, queue))
+            self.notify((account, queue))
         return result
 
     async def delete_message(self, account: str, queue: str, message: str) -> Message | None:
@@ -173,10 +179,10 @@ class Service:
             hidden_until=None if hide is None else deadline(hide, now),
         )
 
-    async def _polling(
+    async def poll(
         self, account: str, queue: str, wait: int, attempt: Callable[[], Awaitable[list[T]]]
     ) -> list[T]:
-        """Run ``attempt``; if it matched nothing, retry each time the queue is woken, until ``wait`` runs out.
+        """Run ``attempt``; if nothing matched, retry on each wake-up of the queue until ``wait`` runs out.
 
         The waiter is registered *before* each retry, so a wake-up that lands while a
         retry is in flight (a backend on another thread) is never lost.
@@ -207,7 +213,7 @@ class Service:
                 if not waiters and self._waiters.get(key) is waiters:
                     del self._waiters[key]
 
-    def _notify(self, key: QueueKey) -> None:
+    def notify(self, key: QueueKey) -> None:
         waiters = self._waiters.get(key)
         if waiters:
             for fut in waiters:

@@ -16,7 +16,9 @@ ALL = Filter()
 HIDDEN_TOO = Filter(match_hidden=True)
 
 
-async def put(b: Backend, a: str, q: str, m: str, body: bytes = b"x", ttl: float = 0, hide: float = 0) -> bool:
+async def put(
+    b: Backend, a: str, q: str, m: str, body: bytes = b"x", ttl: float = 0, hide: float = 0
+) -> bool:
     return await b.put_message(a, q, m, body, T + ttl if ttl else 0.0, T + hide if hide else 0.0, T)
 
 

@@ -4,6 +4,7 @@ Paths are split on ``/`` *before* percent-decoding, so ``%2F`` is an ordinary
 character inside a name. ``/v1.0`` paths route by depth (accounts, queues,
 messages, message) and method; a known path with an unlisted method is 405,
 anything else is 404.
+
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ _WHAT = ("account", "queue", "message")
 def error_response(error: BurrowError) -> Response:
     """The JSON error body of burrow v1.0 Decision 5."""
     body = orjson.dumps({"error": error.code, "message": error.message})
+    if isinstance(error, MethodNotAllowed):
+        return Response(error.status, body, JSON, [("allow", error.allow)])
     return Response(error.status, body, JSON)
 
 
@@ -77,5 +80,6 @@ def _pick(
 ) -> Callable[..., Awaitable[Response]]:
     handler = routes.get(method)
     if handler is None:
-        raise MethodNotAllowed(f"method {method} is not allowed here; allowed: {', '.join(routes)}")
+        allow = ", ".join(routes)
+        raise MethodNotAllowed(f"method {method} is not allowed here; allowed: {allow}", allow)
     return handler

@@ -37,7 +37,7 @@ NO_PARAMS: frozenset[str] = frozenset()
 class Params:
     """The query string of one request, decoded and checked against what the route allows."""
 
-    __slots__ = ("_values", "_settings_max_seconds")
+    __slots__ = ("_settings_max_seconds", "_values")
 
     def __init__(self, query: str, allowed: frozenset[str], max_seconds: int) -> None:
         values: dict[str, str] = {}
@@ -251,9 +251,7 @@ class V1Api:
         found = await self.service.delete_message(account, queue, message)
         return self._one(found, detail, account, queue, message)
 
-    def _one(
-        self, found: Message | None, detail: Detail, account: str, queue: str, message: str
-    ) -> Response:
+    def _one(self, found: Message | None, detail: Detail, account: str, queue: str, message: str) -> Response:
         if found is None:
             raise NotFound(f"message {message!r} not found in {_where(account, queue)}")
         return _message(found, detail, self.service.clock())

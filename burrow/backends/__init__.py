@@ -20,7 +20,7 @@ def open_backend(url: str, settings: Settings) -> Backend:
         return MemoryBackend()
     if scheme == "sqlite":
         try:
-            from burrow.backends.sqlite import SQLiteBackend  # type: ignore[import-not-found,unused-ignore]
+            from burrow.backends.sqlite import SQLiteBackend
         except ImportError:
             raise ValueError("the sqlite backend is not available in this build") from None
         backend: Backend = SQLiteBackend.from_url(url, settings)

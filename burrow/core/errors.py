@@ -36,6 +36,11 @@ class MethodNotAllowed(BurrowError):
     status = 405
     code = "method_not_allowed"
 
+    def __init__(self, message: str, allow: str = "") -> None:
+        super().__init__(message)
+        #: The methods the resource does allow, for the ``Allow`` header.
+        self.allow = allow
+
 
 class StorageUnavailable(BurrowError):
     """The store could not commit (disk full, I/O error): the write was not acknowledged."""

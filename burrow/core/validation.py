@@ -77,4 +77,6 @@ def detail(value: str) -> Detail:
     try:
         return _DETAILS[value]
     except KeyError:
-        raise BadRequest(f"detail must be one of none, id, all, attributes, body; got {value[:40]!r}") from None
+        raise BadRequest(
+            f"detail must be one of none, id, all, attributes, body; got {value[:40]!r}"
+        ) from None

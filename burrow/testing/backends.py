@@ -22,13 +22,25 @@ def _memory(tmp: Path) -> Backend:
     return open_backend("memory://", Settings())
 
 
+def _sqlite_memory(tmp: Path) -> Backend:
+    return open_backend("sqlite://:memory:", Settings())
+
+
+def _sqlite_file(tmp: Path) -> Backend:
+    return open_backend(f"sqlite:///{tmp / 'sqlite' / 'burrow.db'}", Settings())
+
+
 #: name -> factory; the name is the pytest parameter id.
 BACKENDS: dict[str, BackendFactory] = {
     "memory": _memory,
+    "sqlite-memory": _sqlite_memory,
+    "sqlite-file": _sqlite_file,
 }
 
 #: Storage URLs the HTTP-level suites start real servers with (name -> url template;
 #: ``{tmp}`` is replaced by a scratch directory).
 SERVER_BACKENDS: dict[str, str] = {
     "memory": "memory://",
+    "sqlite-memory": "sqlite://:memory:",
+    "sqlite-file": "sqlite:///{tmp}/burrow.db",
 }

@@ -28,7 +28,9 @@ class RunningServer:
 
 
 @asynccontextmanager
-async def running_server(settings: Settings | None = None, clock: Clock | None = None) -> AsyncIterator[RunningServer]:
+async def running_server(
+    settings: Settings | None = None, clock: Clock | None = None
+) -> AsyncIterator[RunningServer]:
     """Serve until the block exits; readiness is the listening socket, never a sleep."""
     settings = (settings or Settings(backend="memory://")).replace(host="127.0.0.1", port=0)
     backend = open_backend(settings.backend_url(), settings)

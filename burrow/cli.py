@@ -1,0 +1,152 @@
+"""Command line: ``burrow serve`` and ``burrow bench``. Parsing only; no logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import fields
+
+from burrow import __version__
+from burrow.config import Settings, load_settings
+
+log = logging.getLogger("burrow")
+
+#: Settings exposed as ``serve`` flags (flag name = field name with dashes).
+SERVE_FLAGS = list(fields(Settings))
+_DEFAULTS = Settings()
+
+
+def _help_for(name: str) -> str:
+    docs = {
+        "host": "address to listen on",
+        "port": "TCP port (0 = any free port)",
+        "backend": "storage URL: memory://, sqlite:///rel.db, sqlite:////abs.db, sqlite://:memory:"
+        " (default: a SQLite file in --data-dir)",
+        "data_dir": "directory of the default SQLite store (default: $XDG_DATA_HOME/burrow"
+        " or ~/.local/share/burrow)",
+        "fsync": "SQLite durability: always | batch | never",
+        "default_ttl": "seconds a message lives when PUT gives no ttl (0 = forever)",
+        "default_hide": "seconds a message is hidden when PUT gives no hide",
+        "max_wait": "cap on the wait parameter (seconds)",
+        "max_limit": "cap on items returned by one GET",
+        "max_seconds": "largest ttl or hide accepted",
+        "max_body_bytes": "largest request body; larger is 413",
+        "max_header_bytes": "largest request head; larger is 431",
+        "max_header_count": "most request headers; more is 431",
+        "max_url_bytes": "longest request target; longer is 414",
+        "header_timeout": "seconds to receive a request head (then 408)",
+        "body_timeout": "seconds to receive a request body (then 408)",
+        "idle_timeout": "seconds an idle keep-alive connection stays open",
+        "max_connections": "most concurrent connections; more get 503",
+        "clean_interval": "seconds between cleaner passes",
+        "log_level": "debug | info | warning | error",
+        "sqs_credentials": "SQS SigV4 credentials ACCESS:SECRET[,ACCESS2:SECRET2]; the access key is the"
+        " account; empty = accept any signature",
+        "sqs_default_account": "account of SQS requests without an Authorization header",
+    }
+    default = getattr(_DEFAULTS, name)
+    return f"{docs.get(name, name)} [default: {default!r}; env BURROW_{name.upper()}]"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="burrow",
+        description="Burrow: a fast, durable, multi-tenant HTTP message-queue service "
+        "(burrow v1.0 API). Settings come from defaults < --config TOML file < BURROW_* "
+        "environment variables < flags.",
+    )
+    parser.add_argument("--version", action="version", version=f"burrow {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    serve = commands.add_parser("serve", help="run the queue server")
+    serve.add_argument(
+        "--config", metavar="FILE", help="TOML file of settings (keys as below, or a [burrow] table)"
+    )
+    for f in SERVE_FLAGS:
+        kind = {"int": int, "float": float}.get(str(f.type), str)
+        serve.add_argument(
+            "--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None, help=_help_for(f.name)
+        )
+
+    bench = commands.add_parser("bench", help="run the benchmark suite (see benchmarks/README.md)")
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the benchmark runner")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "bench":
+        from burrow.bench.runner import main as bench_main  # type: ignore[import-not-found,unused-ignore]
+
+        result: int = bench_main(args.args)
+        return result
+    overrides = {f.name: getattr(args, f.name) for f in SERVE_FLAGS}
+    try:
+        settings = load_settings(overrides, config_file=args.config)
+    except (OSError, ValueError) as error:
+        print(f"burrow: {error}", file=sys.stderr)
+        return 2
+    return serve(settings)
+
+
+def serve(settings: Settings) -> int:
+    """Run the server until SIGINT or SIGTERM; return the process exit status."""
+    from burrow.http.server import install_event_loop_policy
+
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    loop_name = install_event_loop_policy()
+    try:
+        return asyncio.run(_serve(settings, loop_name))
+    except StartupError as error:
+        log.error("%s", error)
+        return 1
+
+
+class StartupError(Exception):
+    pass
+
+
+async def _serve(settings: Settings, loop_name: str) -> int:
+    from burrow.api.routes import App
+    from burrow.backends import open_backend
+    from burrow.http.server import start_server
+    from burrow.service import Service
+
+    url = settings.backend_url()
+    try:
+        backend = open_backend(url, settings)
+        service = Service(backend, settings)
+        await service.start()
+    except Exception as error:
+        raise StartupError(f"cannot open backend {url}: {error}") from error
+    try:
+        http = await start_server(App(service), settings)
+    except OSError as error:
+        await service.stop()
+        raise StartupError(f"cannot listen on {settings.host}:{settings.port}: {error}") from error
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info(
+        "burrow %s listening on http://%s:%d backend=%s loop=%s",
+        __version__,
+        http.host,
+        http.port,
+        url,
+        loop_name,
+    )
+    await stop.wait()
+    log.info("shutting down")
+    await http.close()
+    await service.stop()
+    log.info("stopped")
+    return 0

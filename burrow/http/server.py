@@ -1,0 +1,109 @@
+"""Starting and stopping the HTTP server, and choosing the event loop.
+
+``start_server`` returns once the socket is listening (so tests and the CLI never sleep and
+hope), and ``HttpServer.close`` shuts down gracefully: stop accepting, close idle connections,
+let running requests finish for a short grace, then abort whatever is left (which cancels their
+handlers). The per-connection work lives in ``burrow.http.protocol``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import socket
+import time
+
+from burrow.config import Settings
+from burrow.http.protocol import HttpProtocol, ServerState, date_line
+from burrow.http.types import Handler
+
+__all__ = ["HttpServer", "install_event_loop_policy", "start_server"]
+
+#: Listen backlog: bursts of new connections (benchmarks, reconnect storms) must not be refused.
+_BACKLOG = 1024
+
+
+def install_event_loop_policy() -> str:
+    """Use uvloop when it is installed (it roughly doubles throughput); say which loop is in use."""
+    try:
+        import uvloop
+    except ImportError:
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
+class HttpServer:
+    """A listening Burrow HTTP server: where it listens, how many clients, and how to stop it."""
+
+    def __init__(self, server: asyncio.AbstractServer, state: ServerState, host: str, port: int) -> None:
+        self._server = server
+        self._state = state
+        #: Address actually bound.
+        self.host = host
+        #: Port actually bound (useful with ``port=0``).
+        self.port = port
+        self._closed = False
+        self._date_timer: asyncio.TimerHandle | None = None
+        self._refresh_date()
+
+    @property
+    def connections(self) -> int:
+        """Open client connections (not counting ones being refused with 503)."""
+        return self._state.accepted
+
+    def _refresh_date(self) -> None:
+        """Keep the shared ``date`` header current, once a second, just after the second turns."""
+        self._state.date = date_line()
+        delay = 1.0 - time.time() % 1.0 + 0.001
+        self._date_timer = self._state.loop.call_later(delay, self._refresh_date)
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Stop accepting; close idle connections; give running requests ``grace`` seconds."""
+        if self._closed:
+            return
+        self._closed = True
+        state = self._state
+        state.closing = True
+        self._server.close()
+        if self._date_timer is not None:
+            self._date_timer.cancel()
+            self._date_timer = None
+        for protocol in list(state.protocols):
+            protocol.shutdown()
+        if state.protocols:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.empty.wait(), grace)
+        for protocol in list(state.protocols):
+            protocol.abort()
+        if state.protocols:  # connection_lost callbacks run on the next loop iterations
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.empty.wait(), 1.0)
+        await self._server.wait_closed()
+
+    async def __aenter__(self) -> HttpServer:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+async def start_server(
+    handler: Handler, settings: Settings, *, sock: socket.socket | None = None
+) -> HttpServer:
+    """Listen on ``settings.host:settings.port`` (or on ``sock``) and serve ``handler``.
+
+    Returns once the socket is listening; ``.port`` is the port actually bound.
+    """
+    loop = asyncio.get_running_loop()
+    state = ServerState(handler, settings, loop)
+    factory = functools.partial(HttpProtocol, state)
+    if sock is not None:
+        server = await loop.create_server(factory, sock=sock, backlog=_BACKLOG)
+    else:
+        server = await loop.create_server(
+            factory, settings.host, settings.port, backlog=_BACKLOG, reuse_address=True
+        )
+    sockname = server.sockets[0].getsockname()
+    return HttpServer(server, state, host=str(sockname[0]), port=int(sockname[1]))
