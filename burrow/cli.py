@@ -74,17 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     bench = commands.add_parser("bench", help="run the benchmark suite (see benchmarks/README.md)")
-    bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the benchmark runner")
+    bench.add_argument("args", nargs="*", help="arguments for the benchmark runner (burrow bench --help)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "bench":
-        from burrow.bench.runner import main as bench_main  # type: ignore[import-not-found,unused-ignore]
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        # The benchmark has its own parser; hand it everything after "bench".
+        from burrow.bench.runner import main as bench_main
 
-        result: int = bench_main(args.args)
-        return result
+        return bench_main(argv[1:])
+    args = build_parser().parse_args(argv)
     overrides = {f.name: getattr(args, f.name) for f in SERVE_FLAGS}
     try:
         settings = load_settings(overrides, config_file=args.config)

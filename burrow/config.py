@@ -51,8 +51,8 @@ class Settings:
     max_limit: int = 1000
     #: Largest ``ttl`` or ``hide`` accepted (seconds); larger is 400.
     max_seconds: int = 1_000_000_000
-    #: Largest request body (bytes); larger is 413.
-    max_body_bytes: int = 1_048_576
+    #: Largest request body (bytes); larger is 413. Room for a 1 MiB SQS message once JSON-escaped.
+    max_body_bytes: int = 4_194_304
     #: Largest total size of the request line plus headers (bytes); larger is 431.
     max_header_bytes: int = 16_384
     #: Most headers in one request; more is 431.
@@ -71,6 +71,13 @@ class Settings:
     clean_interval: float = 1.0
     #: Log level name.
     log_level: str = "info"
+    #: SQS API credentials, ``ACCESS_KEY:SECRET`` pairs separated by commas. Each access
+    #: key is also the Burrow account its requests use. Empty (the default, for local
+    #: use) accepts any signature without checking it; set, SigV4 signatures are verified.
+    sqs_credentials: str = ""
+    #: The Burrow account of SQS requests that carry no ``Authorization`` header
+    #: (accepted only while ``sqs_credentials`` is empty).
+    sqs_default_account: str = "000000000000"
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -95,6 +102,12 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        for pair in filter(None, (p.strip() for p in self.sqs_credentials.split(","))):
+            access, sep, secret = pair.partition(":")
+            if not sep or not access or not secret:
+                raise ValueError("sqs_credentials must be ACCESS_KEY:SECRET pairs separated by commas")
+        if not self.sqs_default_account:
+            raise ValueError("sqs_default_account must not be empty")
         for name in ("header_timeout", "body_timeout", "idle_timeout", "clean_interval"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

@@ -5,6 +5,16 @@ character inside a name. ``/v1.0`` paths route by depth (accounts, queues,
 messages, message) and method; a known path with an unlisted method is 405,
 anything else is 404.
 
+SQS requests are told apart before that, by one rule (:func:`sqs_protocol`), on
+paths v1.0 never uses for these methods (``POST /`` is 405 in v1.0, and v1.0 has no
+two-segment paths outside ``/v1.0``):
+
+* ``POST`` on ``/`` or on a queue URL path ``/{account}/{queue}`` with an
+  ``X-Amz-Target`` header -> SQS JSON 1.0;
+* ``POST`` there with a form (``application/x-www-form-urlencoded``) body, or ``GET``
+  there with ``Action=`` in the query string -> SQS query/XML.
+
+Everything else, including every path under ``/v1.0``, routes as burrow v1.0.
 """
 
 from __future__ import annotations
@@ -14,11 +24,15 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 
+from burrow.api.sqs_auth import Authenticator
+from burrow.api.sqs_json import SqsJsonApi
+from burrow.api.sqs_query import SqsQueryApi
 from burrow.api.v1 import JSON, V1Api
 from burrow.core import validation
 from burrow.core.errors import BurrowError, MethodNotAllowed, NotFound
 from burrow.http.types import Request, Response
 from burrow.service import Service
+from burrow.sqs.service import SqsService
 
 log = logging.getLogger("burrow.api")
 
@@ -38,7 +52,6 @@ V1_ROUTES: dict[int, dict[str, Callable[..., Awaitable[Response]]]] = {
     },
 }
 ROOT_ROUTES: dict[str, Callable[..., Awaitable[Response]]] = {"GET": V1Api.versions}
-_WHAT = ("account", "queue", "message")
 
 
 def error_response(error: BurrowError) -> Response:
@@ -55,6 +68,9 @@ class App:
     def __init__(self, service: Service) -> None:
         self.service = service
         self.v1 = V1Api(service)
+        sqs, auth = SqsService(service), Authenticator(service.settings)
+        self.sqs_json = SqsJsonApi(sqs, auth)
+        self.sqs_query = SqsQueryApi(sqs, auth)
 
     async def __call__(self, request: Request) -> Response:
         try:
@@ -63,6 +79,9 @@ class App:
             return error_response(error)
 
     async def _dispatch(self, request: Request) -> Response:
+        protocol = sqs_protocol(request)
+        if protocol is not None:
+            return await (self.sqs_json if protocol == "json" else self.sqs_query)(request)
         path = request.path
         if path == "/":
             return await _pick(ROOT_ROUTES, request.method)(self.v1, request)
@@ -70,9 +89,33 @@ class App:
         # parts[0] is the empty string before the leading slash.
         if len(parts) < 2 or parts[0] or parts[1] != "v1.0" or len(parts) > 5:
             raise NotFound(f"no such path {path[:200]!r}; the API lives under /v1.0")
-        handler = _pick(V1_ROUTES[len(parts) - 2], request.method)
-        names = [validation.name(raw, _WHAT[i]) for i, raw in enumerate(parts[2:])]
-        return await handler(self.v1, request, *names)
+        depth = len(parts) - 2
+        handler = _pick(V1_ROUTES[depth], request.method)
+        name = validation.name
+        if depth == 3:
+            return await handler(
+                self.v1, request, name(parts[2], "account"), name(parts[3], "queue"), name(parts[4], "message")
+            )
+        if depth == 2:
+            return await handler(self.v1, request, name(parts[2], "account"), name(parts[3], "queue"))
+        if depth == 1:
+            return await handler(self.v1, request, name(parts[2], "account"))
+        return await handler(self.v1, request)
+
+
+def sqs_protocol(request: Request) -> str | None:
+    """``"json"`` or ``"query"`` for an SQS request (see the module docstring), else None."""
+    method, path = request.method, request.path
+    if method not in ("POST", "GET") or (path != "/" and (path.count("/") != 2 or path.startswith("/v1.0/"))):
+        return None
+    if method == "GET":
+        query = request.query
+        return "query" if query.startswith("Action=") or "&Action=" in query else None
+    if "x-amz-target" in request.headers:
+        return "json"
+    if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        return "query"
+    return None
 
 
 def _pick(

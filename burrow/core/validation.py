@@ -16,8 +16,6 @@ MAX_NAME_BYTES = 256
 #: Digits accepted in an integer parameter; more is rejected before int() runs.
 MAX_INT_DIGITS = 12
 _CONTROL = frozenset(range(0x20)) | {0x7F}
-_NAME_CACHE: dict[str, str] = {}
-_NAME_CACHE_MAX = 4096
 
 
 def name(raw: str, what: str) -> str:
@@ -26,9 +24,9 @@ def name(raw: str, what: str) -> str:
     Names are 1-256 bytes of UTF-8 without control characters; ``%2F`` decodes to a
     ``/`` inside the name because the path was split before decoding.
     """
-    cached = _NAME_CACHE.get(raw)
-    if cached is not None:
-        return cached
+    # Fast path (the common case, on every request): printable ASCII, nothing to decode.
+    if raw.isascii() and raw.isprintable() and 0 < len(raw) <= MAX_NAME_BYTES and "%" not in raw:
+        return raw
     # The HTTP layer hands the target over latin-1 decoded, so this recovers the raw bytes.
     data = raw.encode("latin-1", "replace")
     if "%" in raw:
@@ -43,9 +41,6 @@ def name(raw: str, what: str) -> str:
         raise BadRequest(f"{what} name is not valid UTF-8") from None
     if not _CONTROL.isdisjoint(data):
         raise BadRequest(f"{what} name must not contain control characters")
-    if len(_NAME_CACHE) >= _NAME_CACHE_MAX:
-        _NAME_CACHE.clear()
-    _NAME_CACHE[raw] = text
     return text
 
 

@@ -1,0 +1,396 @@
+"""SQS API throughput for issue 4, in one run: Burrow's SQS path vs its v1.0 path vs moto_server.
+
+One *cycle* is send + receive + delete of one message, issued back to back on one
+keep-alive connection, by ``--connections`` concurrent connections for ``--seconds``
+(each connection works its own queue, so cycles never contend):
+
+* ``burrow v1.0``: ``PUT /v1.0/bench/q{c}/m{n}``, ``POST /v1.0/bench/q{c}?limit=1&hide=60&detail=all``,
+  ``DELETE /v1.0/bench/q{c}/{id}``;
+* ``burrow SQS``: the boto3-shaped JSON 1.0 requests (``X-Amz-Target``, ``Content-Type``,
+  a SigV4 ``Authorization`` header and ``X-Amz-Date``) for SendMessage, ReceiveMessage
+  (MaxNumberOfMessages 1, WaitTimeSeconds 0) and DeleteMessage with the receipt handle;
+* ``moto SQS``: exactly the same SQS requests against ``moto_server`` on loopback.
+
+The two Burrow runs use one ``burrow serve`` process (same backend, ``--backend``), pinned
+to one CPU, the load generator to the other(s). The load is raw asyncio HTTP (stdlib),
+not boto3, which would be the bottleneck. Reported: cycles/s for each and the ratios
+SQS/v1.0 (target >= 0.5) and Burrow SQS / moto (target >= 10).
+
+Usage: ``.venv/bin/python benchmarks/sqs_bench.py`` (~25 s); ``--seconds 10`` for steadier figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+import orjson
+
+from burrow.bench.procs import Placement, pin, raise_nofile, start_burrow
+from burrow.http.server import install_event_loop_policy
+
+BODY = "b" * 100
+AUTH = (
+    "AWS4-HMAC-SHA256 Credential=bench/20260101/us-east-1/sqs/aws4_request, "
+    "SignedHeaders=content-type;host;x-amz-date;x-amz-target, Signature=" + "0" * 64
+)
+
+
+class HttpConnection:
+    """One keep-alive HTTP/1.1 connection with coroutine I/O, reconnecting when the server closes.
+
+    Used for setup and for moto (whose server may answer HTTP/1.0 and close); Burrow's runs use
+    the cheaper callback-driven :class:`CycleConnection`.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(
+        self, method: str, target: str, headers: dict[str, str], body: bytes = b""
+    ) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        head = [
+            f"{method} {target} HTTP/1.1",
+            f"Host: {self.host}:{self.port}",
+            f"Content-Length: {len(body)}",
+        ]
+        head += [f"{k}: {v}" for k, v in headers.items()]
+        self.writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        status_line = await self.reader.readline()
+        version, status = status_line.split(b" ", 2)[:2]
+        length, close = 0, version == b"HTTP/1.0"
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"connection":
+                close = value.strip().lower() == b"close"
+        data = await self.reader.readexactly(length) if length else b""
+        if close:
+            await self.close()
+        return int(status), data
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = self.reader = None
+
+
+Cycle = Callable[[HttpConnection, int, int], Awaitable[None]]
+
+
+def _check(status: int, body: bytes, what: str) -> None:
+    if status >= 300:
+        raise RuntimeError(f"{what} failed: {status} {body[:200]!r}")
+
+
+_DATE: list[object] = [0, ""]
+
+
+def sqs_headers(action: str) -> dict[str, str]:
+    """The headers boto3 sends (the signature is not checked: the servers run in dev mode)."""
+    second = int(time.time())
+    if _DATE[0] != second:
+        _DATE[:] = [second, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(second))]
+    return {
+        "Content-Type": "application/x-amz-json-1.0",
+        "X-Amz-Target": f"AmazonSQS.{action}",
+        "X-Amz-Date": str(_DATE[1]),
+        "Authorization": AUTH,
+    }
+
+
+def make_sqs_cycle(urls: list[str]) -> Cycle:
+    async def cycle(conn: HttpConnection, c: int, n: int) -> None:
+        url = urls[c]
+        send = orjson.dumps({"QueueUrl": url, "MessageBody": BODY})
+        status, body = await conn.request("POST", "/", sqs_headers("SendMessage"), send)
+        _check(status, body, "SendMessage")
+        receive = orjson.dumps({"QueueUrl": url, "MaxNumberOfMessages": 1, "WaitTimeSeconds": 0})
+        status, body = await conn.request("POST", "/", sqs_headers("ReceiveMessage"), receive)
+        _check(status, body, "ReceiveMessage")
+        handle = orjson.loads(body)["Messages"][0]["ReceiptHandle"]
+        delete = orjson.dumps({"QueueUrl": url, "ReceiptHandle": handle})
+        status, body = await conn.request("POST", "/", sqs_headers("DeleteMessage"), delete)
+        _check(status, body, "DeleteMessage")
+
+    return cycle
+
+
+async def create_queues(host: str, port: int, count: int, tag: str) -> list[str]:
+    conn = HttpConnection(host, port)
+    urls = []
+    for c in range(count):
+        status, body = await conn.request(
+            "POST", "/", sqs_headers("CreateQueue"), orjson.dumps({"QueueName": f"bench-{tag}-{c}"})
+        )
+        _check(status, body, "CreateQueue")
+        urls.append(orjson.loads(body)["QueueUrl"])
+    await conn.close()
+    return urls
+
+
+async def drive(host: str, port: int, connections: int, seconds: float, cycle: Cycle) -> float:
+    """Cycles per second over ``seconds`` (after a short warm-up) with ``connections`` concurrent loops."""
+    done = 0
+    measuring = False
+    stop = False
+
+    async def loop(c: int) -> None:
+        nonlocal done
+        conn = HttpConnection(host, port)
+        n = 0
+        try:
+            while not stop:
+                await cycle(conn, c, n)
+                n += 1
+                if measuring:
+                    done += 1
+        finally:
+            await conn.close()
+
+    tasks = [asyncio.create_task(loop(c)) for c in range(connections)]
+    await asyncio.sleep(min(1.0, seconds / 4))  # warm-up
+    measuring, start = True, time.perf_counter()
+    await asyncio.sleep(seconds)
+    measuring = False
+    rate = done / (time.perf_counter() - start)
+    stop = True
+    await asyncio.gather(*tasks)
+    return rate
+
+
+_ID = re.compile(rb'"id":"([^"]+)"')
+_HANDLE = re.compile(rb'"ReceiptHandle":"([^"]+)"')
+
+
+def raw(method: str, target: str, headers: dict[str, str], body: bytes = b"") -> bytes:
+    head = [f"{method} {target} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}"]
+    head += [f"{k}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+class Steps:
+    """The three requests of one cycle; each takes the previous response body."""
+
+    def first(self, c: int, n: int) -> bytes:
+        raise NotImplementedError
+
+    def after(self, step: int, c: int, body: bytes) -> bytes | None:
+        raise NotImplementedError
+
+
+class V1Steps(Steps):
+    def first(self, c: int, n: int) -> bytes:
+        return raw("PUT", f"/v1.0/bench/q{c}/m{n}", {}, BODY.encode())
+
+    def after(self, step: int, c: int, body: bytes) -> bytes | None:
+        if step == 0:
+            return raw("POST", f"/v1.0/bench/q{c}?limit=1&hide=60&detail=all", {})
+        if step == 1:
+            found = _ID.search(body)
+            assert found is not None, body[:200]
+            return raw("DELETE", f"/v1.0/bench/q{c}/{found.group(1).decode()}", {})
+        return None
+
+
+class SqsSteps(Steps):
+    def __init__(self, urls: list[str]) -> None:
+        self.urls = urls
+
+    def first(self, c: int, n: int) -> bytes:
+        body = orjson.dumps({"QueueUrl": self.urls[c], "MessageBody": BODY})
+        return raw("POST", "/", sqs_headers("SendMessage"), body)
+
+    def after(self, step: int, c: int, body: bytes) -> bytes | None:
+        if step == 0:
+            receive = orjson.dumps({"QueueUrl": self.urls[c], "MaxNumberOfMessages": 1, "WaitTimeSeconds": 0})
+            return raw("POST", "/", sqs_headers("ReceiveMessage"), receive)
+        if step == 1:
+            found = _HANDLE.search(body)
+            assert found is not None, body[:200]
+            delete = orjson.dumps({"QueueUrl": self.urls[c], "ReceiptHandle": found.group(1).decode()})
+            return raw("POST", "/", sqs_headers("DeleteMessage"), delete)
+        return None
+
+
+class CycleConnection(asyncio.Protocol):
+    """Runs cycles back to back on one keep-alive connection, entirely in callbacks (cheap)."""
+
+    def __init__(self, steps: Steps, c: int, state: dict[str, float]) -> None:
+        self.steps, self.c, self.state = steps, c, state
+        self.buf = b""
+        self.step = 0
+        self.n = 0
+        self.transport: asyncio.Transport | None = None
+        self.idle: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.write(self.steps.first(self.c, self.n))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.idle.done():
+            self.idle.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        head_end = buf.find(b"\r\n\r\n")
+        if head_end < 0:
+            self.buf = buf
+            return
+        at = buf.find(b"ength:", 0, head_end)
+        length = int(buf[at + 6 : buf.find(b"\r\n", at)]) if at >= 0 else 0
+        if len(buf) < head_end + 4 + length:
+            self.buf = buf
+            return
+        self.buf = b""
+        status = int(buf[9:12])
+        if status >= 300:
+            raise RuntimeError(f"step {self.step} failed: {buf[:300]!r}")
+        assert self.transport is not None
+        following = self.steps.after(self.step, self.c, buf[head_end + 4 : head_end + 4 + length])
+        if following is not None:
+            self.step += 1
+            self.transport.write(following)
+            return
+        self.step = 0
+        self.n += 1
+        if self.state["measuring"]:
+            self.state["done"] += 1
+        if self.state["stop"]:
+            self.transport.close()
+            return
+        self.transport.write(self.steps.first(self.c, self.n))
+
+
+async def drive_fast(host: str, port: int, connections: int, seconds: float, steps: Steps) -> float:
+    """Like :func:`drive`, with callback-driven connections so that the generator costs less."""
+    loop = asyncio.get_running_loop()
+    state = {"measuring": 0.0, "done": 0.0, "stop": 0.0}
+    conns = []
+    for c in range(connections):
+        _, protocol = await loop.create_connection(
+            functools.partial(CycleConnection, steps, c, state), host, port
+        )
+        conns.append(protocol)
+    await asyncio.sleep(min(1.0, seconds / 4))
+    state["measuring"], start = 1.0, time.perf_counter()
+    await asyncio.sleep(seconds)
+    state["measuring"] = 0.0
+    rate = state["done"] / (time.perf_counter() - start)
+    state["stop"] = 1.0
+    await asyncio.wait_for(asyncio.gather(*(p.idle for p in conns)), 30)
+    return rate
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_moto(cpus: tuple[int, ...]) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    exe = Path(sys.executable).with_name("moto_server")
+    proc = subprocess.Popen(
+        [str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    pin(proc.pid, cpus)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("moto_server did not start")
+
+
+@dataclass
+class Results:
+    v1: float = 0.0
+    sqs: float = 0.0
+    moto: float = 0.0
+    #: Cycles per second of server CPU: the fair ratio when the generator, not the server, is the limit.
+    v1_per_cpu: float = 0.0
+    sqs_per_cpu: float = 0.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run")
+    parser.add_argument("--connections", type=int, default=32, help="concurrent keep-alive connections")
+    parser.add_argument("--moto-connections", type=int, default=8, help="connections for moto (threaded)")
+    parser.add_argument("--backend", default="memory://", help="Burrow storage URL for both Burrow runs")
+    parser.add_argument("--skip-moto", action="store_true")
+    args = parser.parse_args(argv)
+
+    raise_nofile()
+    loop_name = install_event_loop_policy()
+    placement = Placement.split()
+    pin(os.getpid(), placement.client)
+    print(f"sqs_bench: {placement.describe()}; load generator on {loop_name}; backend {args.backend}")
+    results = Results()
+    with start_burrow(args.backend, placement.server) as server:
+        host, port = server.host, server.port
+        window = server.window(placement.client)
+        results.v1 = asyncio.run(drive_fast(host, port, args.connections, args.seconds, V1Steps()))
+        use = window.stop()
+        results.v1_per_cpu = results.v1 / max(use.server, 1e-9)
+        print(
+            f"  burrow v1.0 : {results.v1:9.0f} cycles/s (PUT + POST hide + DELETE)"
+            f"  server CPU {use.server:.0%}, generator CPUs {use.client_cpus_busy:.0%}"
+        )
+        urls = asyncio.run(create_queues(host, port, args.connections, "burrow"))
+        window = server.window(placement.client)
+        results.sqs = asyncio.run(drive_fast(host, port, args.connections, args.seconds, SqsSteps(urls)))
+        use = window.stop()
+        results.sqs_per_cpu = results.sqs / max(use.server, 1e-9)
+        print(
+            f"  burrow SQS  : {results.sqs:9.0f} cycles/s (SendMessage + ReceiveMessage + DeleteMessage)"
+            f"  server CPU {use.server:.0%}, generator CPUs {use.client_cpus_busy:.0%}"
+        )
+    print(
+        f"  SQS / v1.0  : {results.sqs / results.v1:9.2f}  (target >= 0.5); per server CPU second:"
+        f" {results.sqs_per_cpu / results.v1_per_cpu:.2f}"
+    )
+    if args.skip_moto:
+        return 0
+    proc, port = start_moto(placement.server)
+    try:
+        urls = asyncio.run(create_queues("127.0.0.1", port, args.moto_connections, "moto"))
+        results.moto = asyncio.run(
+            drive("127.0.0.1", port, args.moto_connections, args.seconds, make_sqs_cycle(urls))
+        )
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    print(f"  moto SQS    : {results.moto:9.1f} cycles/s ({args.moto_connections} connections)")
+    print(f"  Burrow/moto : {results.sqs / results.moto:9.1f}  (target >= 10)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,99 @@
+"""SigV4 with credentials configured: signatures verified by the real botocore signer, the access key
+selecting the account, and each rejection reported with the code boto3 shows."""
+
+from __future__ import annotations
+
+import http.client
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+from botocore.exceptions import ClientError
+
+from tests.sqs.conftest import Clock, ThreadedServer, client, settings_for
+
+
+@pytest.fixture(scope="module")
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory, clock: Clock) -> Iterator[ThreadedServer]:
+    settings = settings_for(
+        "memory", tmp_path_factory.mktemp("auth"), sqs_credentials="alice:a-secret,bob:b-secret"
+    )
+    with ThreadedServer(settings, clock) as running:
+        yield running
+
+
+def _code(error: pytest.ExceptionInfo[ClientError]) -> str:
+    return str(error.value.response["Error"]["Code"])
+
+
+def test_valid_signatures_select_the_account(secured: ThreadedServer, name: str) -> None:
+    alice = client(secured.url, "alice", "a-secret", region="eu-west-1")
+    url = alice.create_queue(QueueName=name)["QueueUrl"]
+    assert url.endswith(f"/alice/{name}")
+    alice.send_message(QueueUrl=url, MessageBody="signed")
+    assert alice.receive_message(QueueUrl=url)["Messages"][0]["Body"] == "signed"
+    arn = alice.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    assert arn == f"arn:aws:sqs:eu-west-1:alice:{name}"  # region from the credential scope
+    bob = client(secured.url, "bob", "b-secret")
+    with pytest.raises(ClientError) as error:  # bob cannot reach alice's queue
+        bob.send_message(QueueUrl=url, MessageBody="x")
+    assert _code(error) == "AccessDenied"
+    assert error.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+
+
+@pytest.mark.parametrize(
+    ("access", "secret", "code"),
+    [("alice", "wrong", "SignatureDoesNotMatch"), ("mallory", "whatever", "InvalidClientTokenId")],
+)
+def test_bad_credentials(secured: ThreadedServer, access: str, secret: str, code: str) -> None:
+    with pytest.raises(ClientError) as error:
+        client(secured.url, access, secret).list_queues()
+    assert _code(error) == code
+    assert error.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+
+
+def test_expired_signature(secured: ThreadedServer, clock: Clock) -> None:
+    clock.advance(1000)  # the server is now 16+ minutes ahead of the client's signature
+    try:
+        with pytest.raises(ClientError) as error:
+            client(secured.url, "alice", "a-secret").list_queues()
+        assert _code(error) == "SignatureDoesNotMatch"
+        assert "expired" in error.value.response["Error"]["Message"]
+    finally:
+        clock.advance(-1000)
+
+
+def _post(server: ThreadedServer, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", urlsplit(server.url).port, timeout=10)
+    try:
+        conn.request("POST", "/", body, headers)
+        reply = conn.getresponse()
+        return reply.status, reply.read(), reply.getheader("x-amzn-query-error") or ""
+    finally:
+        conn.close()
+
+
+def test_unsigned_and_tampered_requests(secured: ThreadedServer, name: str) -> None:
+    status, _, code = _post(
+        secured, b"{}", {"X-Amz-Target": "AmazonSQS.ListQueues", "Content-Type": "application/x-amz-json-1.0"}
+    )
+    assert (status, code) == (403, "MissingAuthenticationToken;Sender")
+    form = urlencode({"Action": "CreateQueue", "QueueName": name, "Version": "2012-11-05"}).encode()
+    request = AWSRequest(
+        "POST", secured.url + "/", data=form, headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    SigV4Auth(Credentials("bob", "b-secret"), "sqs", "us-east-1").add_auth(request)
+    headers: dict[str, Any] = dict(request.headers.items())
+    status, body, _ = _post(secured, form, headers)
+    assert status == 200 and b"<QueueUrl>" in body and b"/bob/" + name.encode() in body
+    status, body, _ = _post(secured, form.replace(b"CreateQueue", b"DeleteQueue"), headers)
+    assert status == 403 and b"<Code>SignatureDoesNotMatch</Code>" in body

@@ -1,0 +1,155 @@
+"""The pure SQS parts without a server: receipts, meta encoding, FIFO selection, query unflattening,
+SigV4 verification against botocore's signer, and the protocol routing rule."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from burrow.api.routes import sqs_protocol
+from burrow.api.sqs_auth import Authenticator
+from burrow.api.sqs_query import query_params
+from burrow.config import Settings
+from burrow.core.model import Message
+from burrow.http.types import Request
+from burrow.sqs.errors import SqsError
+from burrow.sqs.fifo import FifoState, receivable
+from burrow.sqs.model import Attribute, MessageMeta, Receipt, parse_queue_url
+
+
+def test_receipts_round_trip_and_reject_garbage() -> None:
+    receipt = Receipt("acct", "q", "m-1", 3)
+    assert Receipt.decode(receipt.encode()) == receipt
+    assert Receipt("acct", "q", "m-1", 4).encode() != receipt.encode()
+    for bad in ("", "garbage", "!!!", "W10", "x" * 5000):
+        assert Receipt.decode(bad) is None
+
+
+def test_meta_round_trip_and_foreign_meta() -> None:
+    meta = MessageMeta(
+        sent=5,
+        receive_count=2,
+        first_receive=6,
+        last_receive=7,
+        attributes={"b": Attribute("Binary", binary=b"\x00"), "s": Attribute("String", string="v")},
+        trace_header="t",
+        group="g",
+        dedup_id="d",
+        sequence="1",
+        sender="me",
+        dlq_source="arn",
+    )
+    assert MessageMeta.decode(meta.encode()) == meta
+    assert MessageMeta.decode(b"") == MessageMeta()
+    assert MessageMeta.decode(b"not json") == MessageMeta()
+
+
+def test_fifo_selection_blocks_groups_behind_hidden_messages() -> None:
+    def msg(i: int, group: str, hidden: float) -> tuple[Message, MessageMeta]:
+        return Message(str(i), b"", 0.0, hidden, b""), MessageMeta(group=group)
+
+    now = 100.0
+    queue = [msg(1, "a", 200.0), msg(2, "a", 0.0), msg(3, "b", 0.0), msg(4, "b", 0.0), msg(5, "c", 50.0)]
+    assert [m.id for m, _ in receivable(queue, now, 10)] == ["3", "4", "5"]
+    assert [m.id for m, _ in receivable(queue, now, 1)] == ["3"]
+
+
+def test_fifo_dedup_window() -> None:
+    state = FifoState()
+    seq = state.record("k", "m1", 1000.0)
+    assert state.duplicate("k", 1299.0) == ("m1", seq)
+    assert state.duplicate("k", 1300.0) is None
+    state.prune(1301.0)
+    assert state.seen == {}
+    assert FifoState.decode(state.encode()).next_sequence == 2
+
+
+def test_query_unflattening() -> None:
+    body = (
+        "Action=SendMessageBatch&QueueUrl=http%3A%2F%2Fh%2Fa%2Fq"
+        "&SendMessageBatchRequestEntry.2.Id=b&SendMessageBatchRequestEntry.2.MessageBody=two"
+        "&SendMessageBatchRequestEntry.1.Id=a&SendMessageBatchRequestEntry.1.MessageBody=one"
+        "&SendMessageBatchRequestEntry.1.MessageAttribute.1.Name=k"
+        "&SendMessageBatchRequestEntry.1.MessageAttribute.1.Value.DataType=String"
+        "&SendMessageBatchRequestEntry.1.MessageAttribute.1.Value.StringValue=v"
+    )
+    action, members = query_params(Request("POST", "/", body=body.encode()))
+    assert action == "SendMessageBatch"
+    assert members == {
+        "QueueUrl": "http://h/a/q",
+        "Entries": [
+            {
+                "Id": "a",
+                "MessageBody": "one",
+                "MessageAttributes": {"k": {"DataType": "String", "StringValue": "v"}},
+            },
+            {"Id": "b", "MessageBody": "two"},
+        ],
+    }
+    _, members = query_params(
+        Request("GET", "/acct/queue", query="Action=ReceiveMessage&AttributeName.1=All")
+    )
+    assert members == {"QueueUrl": "/acct/queue", "AttributeNames": ["All"]}
+    with pytest.raises(SqsError):
+        query_params(Request("POST", "/", body=b"Action=CreateQueue&Attribute.x.Name=a"))
+
+
+def test_queue_url_parsing() -> None:
+    assert parse_queue_url("http://host:1/acct/q") == ("acct", "q")
+    assert parse_queue_url("/acct/q") == ("acct", "q")
+    assert parse_queue_url("https://host/q") is None
+    assert parse_queue_url("http://host") is None
+
+
+def test_routing_rule() -> None:
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    assert sqs_protocol(Request("POST", "/", headers={"x-amz-target": "AmazonSQS.ListQueues"})) == "json"
+    assert sqs_protocol(Request("POST", "/a/q", headers={"x-amz-target": "AmazonSQS.SendMessage"})) == "json"
+    assert sqs_protocol(Request("POST", "/", headers=form)) == "query"
+    assert sqs_protocol(Request("POST", "/a/q", headers=form)) == "query"
+    assert sqs_protocol(Request("GET", "/", query="Action=ListQueues")) == "query"
+    assert sqs_protocol(Request("GET", "/a/q", query="Version=1&Action=ReceiveMessage")) == "query"
+    assert sqs_protocol(Request("POST", "/")) is None
+    assert sqs_protocol(Request("GET", "/")) is None
+    assert sqs_protocol(Request("POST", "/v1.0/a", headers=form)) is None
+    assert sqs_protocol(Request("POST", "/v1.0/a/q", headers=form)) is None
+    assert sqs_protocol(Request("PUT", "/a/q", headers={"x-amz-target": "x"})) is None
+
+
+def _signed(secret: str, body: bytes = b"{}") -> Request:
+    aws = AWSRequest(
+        "POST",
+        "http://sqs.local:8080/",
+        data=body,
+        headers={"X-Amz-Target": "AmazonSQS.ListQueues", "Content-Type": "application/x-amz-json-1.0"},
+    )
+    SigV4Auth(Credentials("key", secret), "sqs", "ap-south-1").add_auth(aws)
+    headers = {k.lower(): str(v) for k, v in aws.headers.items()}
+    headers["host"] = "sqs.local:8080"
+    return Request("POST", "/", headers=headers, body=body)
+
+
+def test_sigv4_against_botocore() -> None:
+    auth = Authenticator(Settings(sqs_credentials="key:secret"))
+    caller = auth.caller(_signed("secret"), time.time())
+    assert (caller.account, caller.region, caller.host, caller.strict) == (
+        "key",
+        "ap-south-1",
+        "sqs.local:8080",
+        True,
+    )
+    with pytest.raises(SqsError) as error:
+        auth.caller(_signed("other"), time.time())
+    assert error.value.code == "SignatureDoesNotMatch"
+    tampered = _signed("secret")
+    tampered.body = b'{"x": 1}'
+    with pytest.raises(SqsError):
+        auth.caller(tampered, time.time())
+    # Dev mode: any signature is accepted, the key still picks the account.
+    dev = Authenticator(Settings())
+    assert dev.caller(_signed("anything"), time.time()).account == "key"
+    assert dev.caller(Request("POST", "/"), time.time()).account == "000000000000"
