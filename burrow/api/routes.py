@@ -94,7 +94,11 @@ class App:
         name = validation.name
         if depth == 3:
             return await handler(
-                self.v1, request, name(parts[2], "account"), name(parts[3], "queue"), name(parts[4], "message")
+                self.v1,
+                request,
+                name(parts[2], "account"),
+                name(parts[3], "queue"),
+                name(parts[4], "message"),
             )
         if depth == 2:
             return await handler(self.v1, request, name(parts[2], "account"), name(parts[3], "queue"))
