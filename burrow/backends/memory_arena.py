@@ -1,0 +1,195 @@
+"""The packed record layout of the memory backend, its segments and the expiry schedule.
+
+Messages live as packed records in per-queue segments (``bytearray``), so a stored
+message costs its bytes plus a 23-byte header, not a dozen Python objects. Records
+are addressed by a 32-bit *location*::
+
+    loc = slot << 14 | offset >> 2        (slot: the segment's number in its queue, < 2**18;
+                                           offset: 4-byte aligned, < 64 KiB)
+
+Record layout (little-endian, at a 4-byte aligned offset)::
+
+    +0   u8   flags         LIVE | FORWARD | MONO; a dead record is rewritten as a FILLER
+    +1   f64  expires       absolute, 0 = never (floats are stored exactly)
+    +9   f64  hidden_until  absolute, 0 = visible
+    +17  u16  meta length   (0 when FORWARD)
+    +19  u16  body length   (4 when FORWARD: a u32 key into the queue's out-of-line store)
+    +21  u16  id length
+    +23  id (UTF-8), meta, body; meta + body take at least 4 bytes so any record can be
+         turned into a FORWARD record in place; then zero padding to a multiple of 4.
+
+A FILLER is a gap the walk skips: ``+0 u8 FILLER, +1 u16 extent`` (extent >= 4). Deleting
+a record turns it into one; so does the tail of a record that a replacement shrank.
+
+MONO marks a record appended with a deadline no earlier than the previous MONO record's
+in its segment, and not re-dated since: a segment's MONO records expire in order, so
+the cleaner walks them from the front and needs no wheel entry for them (the common
+case: one ttl for all messages). Other deadlines get an entry in the segment's wheel.
+"""
+
+from __future__ import annotations
+
+import heapq
+import struct
+from array import array
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from burrow.backends.memory_queue import QueueStore
+
+LIVE = 1
+FORWARD = 2
+FILLER = 4
+MONO = 8
+
+#: flags, expires, hidden_until, meta length, body length, id length.
+REC = struct.Struct("<BddHHH")
+HEADER = REC.size  # 23
+ID_AT = HEADER  # the id bytes' offset in a record
+LEN_AT = 21  # the u16 id length's offset in a record
+DEADLINES = struct.Struct("<dd")
+F64 = struct.Struct("<d")
+U16 = struct.Struct("<H")
+U32 = struct.Struct("<I")
+FILL = struct.Struct("<BH")
+
+SEG_MAX = 1 << 16  # a segment never grows past 64 KiB: offsets fit in 16 bits
+SEG_MIN = 256  # a new queue's first segment starts this small and doubles
+OFF_BITS = 14  # offset >> 2 in the low bits of a location
+OFF_MASK = (1 << OFF_BITS) - 1
+MAX_SLOTS = 1 << 18  # segments per queue: 16 GiB of live records
+#: Records whose inline size would pass this keep meta and body out of line (FORWARD).
+INLINE_MAX = 8192
+#: Longest id the backend stores (its record must fit in a segment whatever the body).
+MAX_ID_BYTES = 16384
+
+#: Expiry wheel entries are ``delta << 14 | offset >> 2`` in a u32, where ``delta`` is
+#: whole seconds after the segment's ``base``; later deadlines are clamped to DELTA_MAX
+#: and the segment is re-based when the clamp comes due.
+DELTA_MAX = (1 << (32 - OFF_BITS)) - 1
+#: Deadlines beyond this are "far" (no int conversion of huge floats).
+FAR = float(1 << 52)
+
+
+PACKERS: dict[tuple[int, int, int], struct.Struct] = {}
+
+
+def packer(id_len: int, meta_len: int, body_len: int) -> struct.Struct:
+    """A struct that writes a whole inline record (header, id, meta, body) in one call."""
+    key = (id_len, meta_len, body_len)
+    found = PACKERS.get(key)
+    if found is None:
+        if len(PACKERS) >= 1024:
+            PACKERS.clear()
+        found = PACKERS[key] = struct.Struct(f"<BddHHH{id_len}s{meta_len}s{body_len}s")
+    return found
+
+
+def extent(id_len: int, payload: int) -> int:
+    """Bytes a record with this id length and meta + body size occupies, padding included."""
+    return (HEADER + id_len + (payload if payload > 4 else 4) + 3) & ~3
+
+
+class Segment:
+    """One packed run of records of a queue, in queue order; plus its expiry wheel.
+
+    ``buf`` holds ``used`` bytes of records (the rest is room to append, in the tail
+    segment only). ``live`` counts live records, ``waste`` the bytes of fillers. The
+    segments of a queue form a doubly linked list in message order; ``seq`` grows along
+    it, so positions compare as ``(seq, offset)``.
+
+    Expiry: MONO records are walked from ``mono_pos`` (everything before it is dead or
+    not MONO); ``mono_last`` is the latest MONO deadline appended, ``mono_due`` the
+    second of the first pending MONO record (-1: none). ``wheel`` is a sorted
+    ``array('I')`` of entries for the other records' deadlines (see DELTA_MAX),
+    validated when they fire (the record may have died or got another deadline since).
+    ``due`` is the second the segment is scheduled at in the :class:`Schedule` (-1: not
+    scheduled).
+    """
+
+    __slots__ = (
+        "base",
+        "buf",
+        "dead",
+        "due",
+        "live",
+        "mono_due",
+        "mono_last",
+        "mono_pos",
+        "next",
+        "prev",
+        "seq",
+        "slot",
+        "store",
+        "used",
+        "waste",
+        "wheel",
+    )
+
+    def __init__(self, store: QueueStore, slot: int, seq: int, cap: int, base: int) -> None:
+        self.store = store
+        self.slot = slot
+        self.seq = seq
+        self.buf = bytearray(cap)
+        self.used = 0
+        self.live = 0
+        self.waste = 0
+        self.prev: Segment | None = None
+        self.next: Segment | None = None
+        self.mono_pos = 0
+        self.mono_last = 0.0
+        self.mono_due = -1
+        self.base = base
+        self.wheel = array("I")
+        self.due = -1
+        self.dead = False
+
+
+class Schedule:
+    """Which segments have expiry entries due in which second, across all queues.
+
+    ``buckets[second]`` lists segments scheduled then (an entry is stale unless the
+    segment's ``due`` still equals the second); a heap orders the seconds. While the
+    cleaner fires second ``firing`` or earlier, new entries that are already due are
+    deferred to the next pass, so one pass always ends.
+    """
+
+    __slots__ = ("buckets", "deferred", "firing", "heap")
+
+    def __init__(self) -> None:
+        self.buckets: dict[int, list[Segment]] = {}
+        self.heap: list[int] = []
+        self.firing = -1
+        self.deferred: list[Segment] = []
+
+    def add(self, second: int, seg: Segment) -> None:
+        if second <= self.firing:
+            self.deferred.append(seg)
+            return
+        bucket = self.buckets.get(second)
+        if bucket is None:
+            self.buckets[second] = [seg]
+            heapq.heappush(self.heap, second)
+        else:
+            bucket.append(seg)
+
+    def pop(self, now_second: int) -> tuple[int, list[Segment]] | None:
+        """The next second due at or before ``now_second`` with its segments (marked firing), or None.
+
+        The caller fires a segment only if its ``due`` still equals the second.
+        """
+        heap = self.heap
+        if not heap or heap[0] > now_second:
+            return None
+        second = heapq.heappop(heap)
+        self.firing = max(self.firing, second)
+        return second, self.buckets.pop(second)
+
+    def finish(self, now_second: int) -> None:
+        """End a cleaner pass: what was deferred comes due at the next pass."""
+        self.firing = -1
+        deferred, self.deferred = self.deferred, []
+        for seg in deferred:
+            if not seg.dead and seg.due >= 0:
+                seg.due = now_second
+                self.add(now_second, seg)

@@ -1,0 +1,292 @@
+"""Message id -> record location for one queue, with no Python object per message.
+
+An extendible hash over the 64-bit hash ``h`` of the id's UTF-8 bytes. A directory of
+``2**depth`` sub-tables is indexed by the low bits of ``h``; a sub-table of depth ``d``
+and capacity ``2**c`` serves the hashes whose low ``d`` bits are its ``prefix``, and
+keeps Robin Hood linear probing over three parallel arrays::
+
+    disp: bytearray    0 = empty, k = the entry sits k - 1 slots after its home slot
+    tags: bytearray    the ``tbits`` hash bits just above the home bits, to filter probes
+    locs: array('I')   the record location (see memory_arena)
+
+    h = ... | tag (tbits) | home (c bits) | directory prefix (d bits)
+
+The arrays have SPILL slots past the capacity so a probe run never wraps (the last slot
+stays empty). Robin Hood order keeps entries sorted by home along the array, so a
+lookup stops as soon as it meets an entry nearer its home than the lookup is to its
+own, and an insert or delete shifts the rest of a run by one with slice moves (C).
+A stored id costs 6 bytes / load factor (load 0.4 to 0.8). The id itself is not kept:
+a hit on the home and tag is confirmed against the id bytes in the record.
+
+Every entry's home is ``slot - disp + 1`` and its next hash bits are in its tag, so a
+sub-table doubles, splits in two (by the lowest home bit) or halves without reading any
+record: each step moves one bit between the tag and the home. Tags lose a bit per
+growth step; a table whose tags are down to TAG_MIN bits is rebuilt from the records
+(ids hashed again), once per 16-fold growth. Sub-tables stop doubling at MAX_CAP slots
+and split instead, so no rebuild touches more than MAX_CAP entries (about a
+millisecond) however big the queue is.
+"""
+
+from __future__ import annotations
+
+from array import array
+
+from burrow.backends.memory_arena import ID_AT, LEN_AT, OFF_BITS, OFF_MASK, Segment
+
+M64 = (1 << 64) - 1
+MIN_CAP = 8
+MAX_CAP = 2048
+MAX_DEPTH = 16
+TAG_BITS = 8
+TAG_MIN = 4
+SPILL = 32
+#: Largest displacement (+1) kept in a disp byte; a longer run makes the table grow.
+MAX_DISP = 250
+_INC = bytes(min(b + 1, 255) if b else 0 for b in range(256))
+_DEC = bytes(max(b - 1, 0) for b in range(256))
+
+Entry = tuple[int, int, int]  # (home, tag, location)
+
+
+class _Table:
+    __slots__ = ("depth", "disp", "limit", "live", "locs", "mask", "prefix", "tags", "tmask", "tshift")
+
+    def __init__(self, cap: int, depth: int, prefix: int, tbits: int) -> None:
+        #: This table serves the hashes whose low ``depth`` bits equal ``prefix``.
+        self.depth = depth
+        self.prefix = prefix
+        self.reset(cap, tbits)
+
+    def reset(self, cap: int, tbits: int) -> None:
+        """Empty the table with a new capacity and tag width."""
+        self.disp = bytearray(cap + SPILL)
+        self.tags = bytearray(cap + SPILL)
+        self.locs = array("I", [0]) * (cap + SPILL)
+        self.live = 0
+        #: Grow when ``live`` reaches this (load 0.8).
+        self.limit = cap * 4 // 5
+        #: home = h >> depth & mask
+        self.mask = cap - 1
+        #: tag = h >> tshift & tmask
+        self.tshift = self.depth + cap.bit_length() - 1
+        self.tmask = (1 << tbits) - 1
+
+    @property
+    def tbits(self) -> int:
+        return self.tmask.bit_length()
+
+    def entries(self) -> list[Entry]:
+        """(home, tag, location) of every entry, in slot order (so sorted by home)."""
+        tags, locs = self.tags, self.locs
+        return [(j - d + 1, tags[j], locs[j]) for j, d in enumerate(self.disp) if d]
+
+    def fill(self, entries: list[Entry]) -> bool:
+        """Place entries sorted by home into this empty table; False if a run got too long."""
+        disp, tags, locs = self.disp, self.tags, self.locs
+        last = len(disp) - 1  # stays empty
+        pos = -1
+        for home, tag, loc in entries:
+            pos = home if home > pos else pos + 1
+            if pos >= last or pos - home >= MAX_DISP:
+                return False
+            disp[pos] = pos - home + 1
+            tags[pos] = tag
+            locs[pos] = loc
+        self.live = len(entries)
+        return True
+
+
+def _match(slots: list[Segment], loc: int, idb: bytes) -> bool:
+    buf = slots[loc >> OFF_BITS].buf
+    off = (loc & OFF_MASK) << 2
+    return buf.startswith(idb, off + ID_AT) and buf[off + LEN_AT] | buf[off + LEN_AT + 1] << 8 == len(idb)
+
+
+class Index:
+    """The id index of one queue; ``slots`` is the queue's slot -> segment list (shared)."""
+
+    __slots__ = ("dir", "dmask", "slots")
+
+    def __init__(self, slots: list[Segment]) -> None:
+        self.slots = slots
+        self.dir = [_Table(MIN_CAP, 0, 0, TAG_BITS)]
+        self.dmask = 0
+
+    def _find(self, t: _Table, idb: bytes, h: int) -> int:
+        """The slot of ``idb`` in ``t``, or ``-1 - slot`` of where it would be inserted."""
+        disp, tags = t.disp, t.tags
+        tag = h >> t.tshift & t.tmask
+        j = h >> t.depth & t.mask
+        k = 1
+        while True:
+            d = disp[j]
+            if d < k:  # an empty slot, or an entry nearer its home: the id is not here
+                return -1 - j
+            if d == k and tags[j] == tag and _match(self.slots, t.locs[j], idb):
+                return j
+            j += 1
+            k += 1
+
+    def get(self, idb: bytes, h: int) -> int:
+        """The location of the record with id ``idb``, or -1."""
+        t = self.dir[h & self.dmask]
+        j = h >> t.depth & t.mask
+        d = t.disp[j]
+        if d == 0:
+            return -1
+        if d == 1 and t.tags[j] == h >> t.tshift & t.tmask and _match(self.slots, t.locs[j], idb):
+            return t.locs[j]  # the common case: at its home slot
+        j = self._find(t, idb, h)
+        return -1 if j < 0 else t.locs[j]
+
+    def claim(self, idb: bytes, h: int, loc: int) -> int:
+        """The location of ``idb`` if present; else insert it at ``loc`` and return -1.
+
+        One probe for the put path's "replace or create".
+        """
+        t = self.dir[h & self.dmask]
+        if t.live >= t.limit:
+            t = self._grow(t, h)
+        j = h >> t.depth & t.mask
+        if t.disp[j] == 0:  # the common case for a new id: its home slot is free
+            t.disp[j] = 1
+            t.tags[j] = h >> t.tshift & t.tmask
+            t.locs[j] = loc
+            t.live += 1
+            return -1
+        j = self._find(t, idb, h)
+        if j >= 0:
+            return t.locs[j]
+        while not self._insert(t, -1 - j, h, loc):
+            t = self._grow(t, h)
+            j = self._find(t, idb, h)
+        return -1
+
+    def _insert(self, t: _Table, p: int, h: int, loc: int) -> bool:
+        """Insert at slot ``p`` (from :meth:`_find`), shifting the rest of the run right."""
+        disp = t.disp
+        k = p - (h >> t.depth & t.mask) + 1
+        if disp[p]:
+            end = disp.find(0, p)
+            if end == len(disp) - 1 or k > MAX_DISP or disp.find(MAX_DISP, p, end) >= 0:
+                return False
+            disp[p + 1 : end + 1] = disp[p:end].translate(_INC)
+            t.tags[p + 1 : end + 1] = t.tags[p:end]
+            t.locs[p + 1 : end + 1] = t.locs[p:end]
+        elif k > MAX_DISP or p == len(disp) - 1:
+            return False
+        disp[p] = k
+        t.tags[p] = h >> t.tshift & t.tmask
+        t.locs[p] = loc
+        t.live += 1
+        return True
+
+    def set(self, idb: bytes, h: int, loc: int) -> None:
+        """Point a present id at its record's new location (after a move)."""
+        t = self.dir[h & self.dmask]
+        j = self._find(t, idb, h)
+        assert j >= 0, "moved record missing from the index"
+        t.locs[j] = loc
+
+    def pop(self, idb: bytes, h: int) -> int:
+        """Remove the id; return the location it had, or -1 if absent."""
+        t = self.dir[h & self.dmask]
+        j = self._find(t, idb, h)
+        if j < 0:
+            return -1
+        disp, tags, locs = t.disp, t.tags, t.locs
+        loc = locs[j]
+        t.live -= 1
+        if disp[j + 1] <= 1:  # the common case: nothing displaced follows
+            disp[j] = 0
+        else:  # the displaced entries that follow move back one slot
+            end = disp.find(0, j + 1)
+            home = disp.find(1, j + 1, end)
+            if home >= 0:
+                end = home
+            disp[j : end - 1] = disp[j + 1 : end].translate(_DEC)
+            tags[j : end - 1] = tags[j + 1 : end]
+            locs[j : end - 1] = locs[j + 1 : end]
+            disp[end - 1] = 0
+        if t.live * 8 < t.mask and t.mask >= MIN_CAP:
+            self._resize(t, (t.mask + 1) // 2)
+        return loc
+
+    # -- growth -------------------------------------------------------------------
+    def _grow(self, t: _Table, h: int) -> _Table:
+        """Make room in the table serving ``h``; return the table that now serves it."""
+        cap = t.mask + 1
+        if t.tbits <= TAG_MIN:
+            self._rebuild(t, [loc for _, _, loc in t.entries()], cap)  # refresh the tags
+            if t.live < t.limit:
+                return t
+        if cap < MAX_CAP or t.depth >= MAX_DEPTH:
+            self._resize(t, cap * 2)
+        else:
+            self._split(t)
+        return self.dir[h & self.dmask]
+
+    def _resize(self, t: _Table, cap: int) -> None:
+        """Double or halve a table in place, moving one bit between tag and home."""
+        entries = t.entries()
+        old = t.mask + 1
+        tbits = t.tbits
+        if cap > old:  # the tag's low bit becomes the home's new top bit
+            t.reset(cap, tbits - 1)
+            moved = [(home, tag >> 1, loc) for home, tag, loc in entries if not tag & 1]
+            moved += [(home | old, tag >> 1, loc) for home, tag, loc in entries if tag & 1]
+        else:  # the home's top bit becomes the tag's new low bit
+            t.reset(cap, min(TAG_BITS, tbits + 1))
+            mask, top = cap - 1, cap.bit_length() - 1
+            moved = sorted((home & mask, (tag << 1 | home >> top) & 0xFF, loc) for home, tag, loc in entries)
+        if not t.fill(moved):
+            self._rebuild(t, [loc for _, _, loc in entries], cap * 2)
+
+    def _split(self, t: _Table) -> None:
+        """Split a table in two by the lowest home bit (the next directory bit)."""
+        entries = t.entries()
+        if t.depth == self.dmask.bit_length():  # double the directory: each table now has two entries
+            self.dir = self.dir + self.dir
+            self.dmask = self.dmask << 1 | 1
+        cap = t.mask + 1
+        depth = t.depth + 1
+        tbits = t.tbits - 1
+        halves = (_Table(cap, depth, t.prefix, tbits), _Table(cap, depth, t.prefix | 1 << t.depth, tbits))
+        high = cap >> 1
+        stride = 1 << depth
+        for bit, half in enumerate(halves):
+            part = [
+                (home >> 1, tag >> 1, loc) for home, tag, loc in entries if home & 1 == bit and not tag & 1
+            ]
+            part += [
+                (home >> 1 | high, tag >> 1, loc) for home, tag, loc in entries if home & 1 == bit and tag & 1
+            ]
+            if not half.fill(part):
+                self._rebuild(half, [loc for _, _, loc in part], cap * 2)
+            self.dir[half.prefix :: stride] = [half] * (len(self.dir) // stride)
+
+    def _rebuild(self, t: _Table, locs: list[int], cap: int) -> None:
+        """Fill ``t`` afresh with the entries at ``locs``, hashing their ids again from the records."""
+        slots = self.slots
+        hashes = []
+        for loc in locs:
+            buf = slots[loc >> OFF_BITS].buf
+            off = ((loc & OFF_MASK) << 2) + LEN_AT
+            end = off + 2 + (buf[off] | buf[off + 1] << 8)
+            hashes.append((hash(bytes(buf[off + 2 : end])) & M64, loc))
+        while True:
+            t.reset(cap, TAG_BITS)
+            hshift, mask, tshift, tmask = t.depth, t.mask, t.tshift, t.tmask
+            if t.fill(sorted((h >> hshift & mask, h >> tshift & tmask, loc) for h, loc in hashes)):
+                return
+            cap *= 2  # a pathological probe run: spread the table further
+
+    def __len__(self) -> int:
+        return sum(t.live for t in self._tables())
+
+    def _tables(self) -> list[_Table]:
+        return list({id(t): t for t in self.dir}.values())
+
+    def tables(self) -> list[tuple[int, int, int]]:
+        """(capacity, live entries, tag bits) of each sub-table, for tests and statistics."""
+        return [(t.mask + 1, t.live, t.tbits) for t in self._tables()]

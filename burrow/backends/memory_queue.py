@@ -1,0 +1,690 @@
+"""One queue of the memory backend: its segments, id index, expiry wheels and take cursor.
+
+Order is arena order: segments in their linked order, records by offset within one.
+New messages are appended to the tail segment; a replacement keeps its offset (it is
+rewritten in place, or as a FORWARD record whose meta and body live in ``big``). A
+delete turns the record into a filler; afterwards :meth:`QueueStore.maintain` drops a
+segment with no live record, resets the tail when it empties and compacts a sealed
+segment that is more than 3/4 filler (into its predecessor when they fit together, else
+in place), so memory follows the live messages and no step touches more than one
+segment (64 KiB). The 3/4 threshold keeps compaction rare for a queue consumed in order
+(its segments empty from the front and are dropped whole): about 1/3 of a record move
+per delete at worst.
+
+Expiry: a segment's MONO records (appended in deadline order, the usual case) are
+expired by walking them from the front; other deadlines get entries in the segment's
+sorted wheel. The shared :class:`~burrow.backends.memory_arena.Schedule` says which
+segments have something due in which second, so a cleaner pass costs the records that
+expire, not the queue size.
+
+The take cursor ``(cur_seg, cur_off)`` skips the run of in-flight records at the head:
+every live record before it is expired or hidden until at least ``cur_until``. A list
+operation on visible messages without a marker starts there and moves it past the hidden
+records it meets, so a get-and-hide costs O(1) amortised however many messages are in
+flight. When ``cur_until`` passes (some skipped hide ran out), or a write un-hides a
+record before the cursor, the next such operation rescans from the head: O(in flight)
+once per such event.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+from array import array
+from collections.abc import Callable
+
+from burrow.backends.memory_arena import (
+    DELTA_MAX,
+    F64,
+    FAR,
+    FILL,
+    FILLER,
+    FORWARD,
+    HEADER,
+    ID_AT,
+    INLINE_MAX,
+    LEN_AT,
+    LIVE,
+    MAX_SLOTS,
+    MONO,
+    OFF_BITS,
+    OFF_MASK,
+    PACKERS,
+    REC,
+    SEG_MAX,
+    SEG_MIN,
+    U32,
+    Schedule,
+    Segment,
+    extent,
+    packer,
+)
+from burrow.backends.memory_index import M64, Index
+from burrow.core.errors import StorageUnavailable
+from burrow.core.model import Message, Update
+
+INF = float("inf")
+#: A reset tail segment keeps at most this much buffer.
+TAIL_KEEP = 1024
+
+Position = tuple[Segment, int]
+
+
+class QueueStore:
+    """The messages of one queue (see the module docstring for the layout)."""
+
+    __slots__ = (
+        "account",
+        "big",
+        "big_next",
+        "cur_off",
+        "cur_seg",
+        "cur_until",
+        "dead",
+        "free",
+        "head",
+        "cur_now",
+        "index",
+        "live",
+        "name",
+        "schedule",
+        "seq",
+        "slots",
+        "tail",
+    )
+
+    def __init__(self, account: str, name: str, schedule: Schedule) -> None:
+        self.account = account
+        self.name = name
+        self.schedule = schedule
+        self.head: Segment | None = None
+        self.tail: Segment | None = None
+        #: slot number -> segment; a free slot keeps its retired (empty) segment until reused.
+        self.slots: list[Segment] = []
+        self.free: list[int] = []
+        self.seq = 0
+        self.index = Index(self.slots)
+        #: Out-of-line (meta, body) of FORWARD records, by the u32 key in the record.
+        self.big: dict[int, tuple[bytes, bytes]] = {}
+        self.big_next = 0
+        #: Stored records, expired but not yet cleaned included.
+        self.live = 0
+        self.cur_seg: Segment | None = None
+        self.cur_off = 0
+        self.cur_until = INF
+        #: The latest ``now`` the cursor was used at: a clock that goes back resets it.
+        self.cur_now = 0.0
+        self.dead = False
+
+    # -- reading ------------------------------------------------------------------
+    def at(self, loc: int) -> Position:
+        return self.slots[loc >> OFF_BITS], (loc & OFF_MASK) << 2
+
+    def snapshot(self, seg: Segment, off: int, mid: str | None = None) -> Message:
+        """The record at ``off`` as a Message (``mid`` saves decoding the id when known)."""
+        buf = seg.buf
+        flags, expires, hidden, mlen, blen, ilen = REC.unpack_from(buf, off)
+        if flags & FORWARD:
+            meta, body = self.big[U32.unpack_from(buf, off + HEADER + ilen)[0]]
+            idb = bytes(buf[off + HEADER : off + HEADER + ilen])
+        else:
+            fields = (PACKERS.get((ilen, mlen, blen)) or packer(ilen, mlen, blen)).unpack_from(buf, off)
+            idb, meta, body = fields[6], fields[7], fields[8]
+        return make_message(
+            idb.decode("utf-8", "surrogatepass") if mid is None else mid, body, expires, hidden, meta
+        )
+
+    # -- writes -------------------------------------------------------------------
+    def put(self, idb: bytes, expires: float, hidden: float, meta: bytes, body: bytes, now: float) -> bool:
+        """Create (append) or replace (in place) the message; True when created.
+
+        The hot path of the backend, so written out in one piece: the record's room is
+        made at the tail first, then one index probe either finds the id or claims it
+        for that room.
+        """
+        h = hash(idb) & M64
+        ilen, mlen, blen = len(idb), len(meta), len(body)
+        payload = mlen + blen
+        inline = HEADER + ilen + payload <= INLINE_MAX
+        size = (HEADER + ilen + (payload if payload > 4 else 4) + 3) & ~3 if inline else extent(ilen, 4)
+        seg = self.tail
+        if seg is None or seg.used + size > len(seg.buf):
+            seg = self._room(size, now)
+        off = seg.used
+        loc = seg.slot << OFF_BITS | off >> 2
+        found = self.index.claim(idb, h, loc)
+        old: Segment | None = None
+        if found >= 0:
+            old = self.slots[found >> OFF_BITS]
+            old_off = (found & OFF_MASK) << 2
+            old_expires = F64.unpack_from(old.buf, old_off + 1)[0]
+            if not 0 < old_expires <= now:
+                self._replace(old, old_off, old_expires, idb, expires, hidden, meta, body)
+                return False
+            # an expired message is replaced as a new one, at the end
+            self.erase(old, old_off)
+            self.index.set(idb, h, loc)
+        flags = LIVE
+        if expires > 0 and expires >= seg.mono_last:  # in deadline order: the MONO walk expires it
+            flags = LIVE | MONO
+            seg.mono_last = expires
+            if seg.mono_due < 0:
+                seg.mono_due = _second(expires)
+                self._schedule(seg)
+        if inline:
+            pack = PACKERS.get((ilen, mlen, blen)) or packer(ilen, mlen, blen)
+            pack.pack_into(seg.buf, off, flags, expires, hidden, mlen, blen, ilen, idb, meta, body)
+        else:
+            self._write(seg.buf, off, size, flags, idb, expires, hidden, meta, body)
+        seg.used = off + size
+        seg.live += 1
+        self.live += 1
+        if flags == LIVE and expires > 0:
+            self._register(seg, off, expires)
+        if old is not None:
+            self.maintain(old, now)
+        return True
+
+    def _replace(
+        self,
+        seg: Segment,
+        off: int,
+        old_expires: float,
+        idb: bytes,
+        expires: float,
+        hidden: float,
+        meta: bytes,
+        body: bytes,
+    ) -> None:
+        """Rewrite a live record in place with a new body, meta and deadlines."""
+        buf = seg.buf
+        flags, _, _, mlen, blen, ilen = REC.unpack_from(buf, off)
+        if flags & FORWARD:
+            del self.big[U32.unpack_from(buf, off + HEADER + ilen)[0]]
+        flags = self._redated(seg, off, flags & ~FORWARD, old_expires, expires)
+        seg.waste += self._write(buf, off, extent(ilen, mlen + blen), flags, idb, expires, hidden, meta, body)
+        self._unhidden(seg, off, hidden)
+
+    def update(self, seg: Segment, off: int, update: Update) -> None:
+        """Apply new deadlines and meta to the (live) record at ``off``."""
+        buf = seg.buf
+        expires = update.expires
+        if expires is not None:
+            old = F64.unpack_from(buf, off + 1)[0]
+            if expires != old:
+                buf[off] = self._redated(seg, off, buf[off], old, expires)
+                F64.pack_into(buf, off + 1, expires)
+        hidden = update.hidden_until
+        if hidden is not None:
+            F64.pack_into(buf, off + 9, hidden)
+            if hidden < self.cur_until:
+                self._unhidden(seg, off, hidden)
+        if update.meta is not None:
+            flags, expires_now, hidden_now, mlen, blen, ilen = REC.unpack_from(buf, off)
+            p = off + HEADER
+            idb = bytes(buf[p : p + ilen])
+            if flags & FORWARD:
+                _, body = self.big.pop(U32.unpack_from(buf, p + ilen)[0])
+            else:
+                body = bytes(buf[p + ilen + mlen : p + ilen + mlen + blen])
+            room = extent(ilen, mlen + blen)
+            flags &= ~FORWARD
+            seg.waste += self._write(buf, off, room, flags, idb, expires_now, hidden_now, update.meta, body)
+
+    def kill(self, seg: Segment, off: int) -> None:
+        """Delete the live record at ``off``, index entry included; call :meth:`maintain` afterwards."""
+        buf = seg.buf
+        start = off + ID_AT
+        idb = bytes(buf[start : start + (buf[off + LEN_AT] | buf[off + LEN_AT + 1] << 8)])
+        self.index.pop(idb, hash(idb) & M64)
+        self.erase(seg, off)
+
+    def erase(self, seg: Segment, off: int, mid: str | None = None) -> Message | None:
+        """Turn the live record at ``off`` into a filler (its index entry is the caller's business).
+
+        With ``mid`` (the id, known to the caller), return the record as it was.
+        """
+        found = None if mid is None else self.snapshot(seg, off, mid)
+        buf = seg.buf
+        flags, _, _, mlen, blen, ilen = REC.unpack_from(buf, off)
+        if flags & FORWARD:
+            del self.big[U32.unpack_from(buf, off + HEADER + ilen)[0]]
+        payload = mlen + blen
+        size = (HEADER + ilen + (payload if payload > 4 else 4) + 3) & ~3
+        FILL.pack_into(buf, off, FILLER, size)
+        seg.live -= 1
+        seg.waste += size
+        self.live -= 1
+        return found
+
+    def _write(
+        self,
+        buf: bytearray,
+        off: int,
+        room: int,
+        flags: int,
+        idb: bytes,
+        expires: float,
+        hidden: float,
+        meta: bytes,
+        body: bytes,
+    ) -> int:
+        """Write a record into ``room`` bytes at ``off`` (out of line if it must); return the bytes left over.
+
+        What is left over becomes a filler.
+        """
+        ilen, mlen, blen = len(idb), len(meta), len(body)
+        size = extent(ilen, mlen + blen)
+        if size <= room and HEADER + ilen + mlen + blen <= INLINE_MAX:
+            packer(ilen, mlen, blen).pack_into(
+                buf, off, flags, expires, hidden, mlen, blen, ilen, idb, meta, body
+            )
+        else:
+            size = extent(ilen, 4)
+            REC.pack_into(buf, off, flags | FORWARD, expires, hidden, 0, 4, ilen)
+            p = off + HEADER + ilen
+            buf[off + HEADER : p] = idb
+            U32.pack_into(buf, p, self._stash(meta, body))
+        left = room - size
+        if left:
+            FILL.pack_into(buf, off + size, FILLER, left)
+        return left
+
+    def _stash(self, meta: bytes, body: bytes) -> int:
+        big = self.big
+        key = self.big_next
+        while key in big:
+            key = (key + 1) & 0xFFFFFFFF
+        self.big_next = (key + 1) & 0xFFFFFFFF
+        big[key] = (meta, body)
+        return key
+
+    # -- segments -----------------------------------------------------------------
+    def _room(self, size: int, now: float) -> Segment:
+        """A tail segment with ``size`` bytes free at its end, grown or newly linked."""
+        tail = self.tail
+        if tail is not None and tail.used + size <= SEG_MAX:
+            cap = len(tail.buf)
+            while cap < tail.used + size:
+                cap *= 2
+            tail.buf += bytes(cap - len(tail.buf))
+            return tail
+        cap = SEG_MIN if tail is None else SEG_MAX  # a queue past one segment is a big one
+        while cap < size:
+            cap *= 2
+        if self.free:
+            slot = self.free.pop()
+        else:
+            slot = len(self.slots)
+            if slot >= MAX_SLOTS:
+                raise StorageUnavailable(f"queue {self.account}/{self.name} is full (16 GiB of records)")
+        seg = Segment(self, slot, self.seq, cap, _second(now))
+        self.seq += 1
+        if slot == len(self.slots):
+            self.slots.append(seg)
+        else:
+            self.slots[slot] = seg
+        if tail is None:
+            self.head = seg
+        else:
+            tail.next = seg
+            seg.prev = tail
+            if tail.used < len(tail.buf):
+                del tail.buf[tail.used :]  # sealed: give back the room it will never use
+        self.tail = seg
+        if tail is not None and tail.live == 0:
+            self._drop(tail)
+        return seg
+
+    def maintain(self, seg: Segment, now: float) -> None:
+        """After deletes in ``seg``: drop it, reset it or compact it as its waste warrants."""
+        if seg.live == 0:
+            if seg.dead:
+                return
+            if seg is self.tail:
+                self._reset_tail(seg, now)
+            else:
+                self._drop(seg)
+        elif seg.waste * 4 > seg.used * 3 and seg is not self.tail and not seg.dead:
+            self._compact(seg, now)
+
+    def _reset_tail(self, seg: Segment, now: float) -> None:
+        """Start the emptied tail over (nothing refers to its offsets any more)."""
+        seg.used = seg.waste = seg.mono_pos = 0
+        if len(seg.buf) > TAIL_KEEP:
+            del seg.buf[TAIL_KEEP:]
+        seg.mono_last = 0.0
+        seg.mono_due = seg.due = -1
+        seg.wheel = array("I")
+        seg.base = _second(now)
+        if self.cur_seg is seg:
+            self.cur_off = 0
+
+    def _drop(self, seg: Segment) -> None:
+        """Unlink a segment that holds no live record (never the tail)."""
+        prev, nxt = seg.prev, seg.next
+        if prev is None:
+            self.head = nxt
+        else:
+            prev.next = nxt
+        if nxt is None:
+            self.tail = prev
+        else:
+            nxt.prev = prev
+        if self.cur_seg is seg:
+            self.cur_seg, self.cur_off = nxt, 0
+        self.free.append(seg.slot)
+        _retire(seg)
+
+    def _compact(self, seg: Segment, now: float) -> None:
+        """Squeeze the fillers out of a sealed segment, keeping record order.
+
+        Expired records are deleted on the way. The survivors go to the end of the
+        previous segment when they fit there (so sparse leftovers do not keep a segment
+        each), else they stay in this one, packed from offset 0. Their index entries and
+        wheel entries are rewritten.
+        """
+        buf = seg.buf
+        packed = bytearray()
+        moved: list[tuple[bytes, int, float]] = []
+        off, used = 0, seg.used
+        while off < used:
+            if buf[off] & LIVE:
+                _, expires, _, mlen, blen, ilen = REC.unpack_from(buf, off)
+                size = extent(ilen, mlen + blen)
+                if 0 < expires <= now:
+                    self.kill(seg, off)
+                else:
+                    moved.append((bytes(buf[off + ID_AT : off + ID_AT + ilen]), len(packed), expires))
+                    packed += buf[off : off + size]
+                off += size
+            else:
+                off += buf[off + 1] | buf[off + 2] << 8
+        if seg.live == 0:
+            self._drop(seg)
+            return
+        prev = seg.prev
+        target = prev if prev is not None and prev.used + len(packed) <= SEG_MAX else seg
+        start = target.used if target is prev else 0
+        index, slot = self.index, target.slot << OFF_BITS
+        for idb, rel, _ in moved:  # while the old copies are still in place to compare ids against
+            index.set(idb, hash(idb) & M64, slot | (start + rel) >> 2)
+        if target is not seg:
+            for _, rel, expires in moved:  # MONO survives only in deadline order after the target's own
+                if packed[rel] & MONO:
+                    if expires >= target.mono_last:
+                        target.mono_last = expires
+                    else:
+                        packed[rel] &= ~MONO
+            del target.buf[start:]
+            target.buf += packed
+            target.used += len(packed)
+            target.live += seg.live
+            seg.live = 0
+            if self.cur_seg is seg:
+                self.cur_seg, self.cur_off = target, start
+            self._drop(seg)
+        else:
+            seg.buf = packed
+            seg.used = len(packed)
+            seg.waste = seg.mono_pos = 0
+            seg.mono_due = seg.due = -1
+            seg.wheel = array("I")
+            seg.base = _second(now)
+            if self.cur_seg is seg:
+                self.cur_off = 0
+        buf = target.buf
+        for _, rel, expires in moved:
+            if buf[start + rel] & MONO:
+                if target.mono_due < 0:
+                    target.mono_due = _second(expires)
+            elif expires > 0:
+                self._register(target, start + rel, expires)
+        self._schedule(target)
+
+    def release(self) -> None:
+        """Forget everything (the queue was deleted or emptied)."""
+        self.dead = True
+        seg = self.head
+        while seg is not None:
+            nxt = seg.next
+            _retire(seg)
+            seg = nxt
+        self.head = self.tail = self.cur_seg = None
+        self.slots.clear()
+        self.free.clear()
+        self.big.clear()
+
+    # -- expiry -------------------------------------------------------------------
+    def _register(self, seg: Segment, off: int, expires: float) -> None:
+        d = _delta(seg, expires)
+        entry = d << OFF_BITS | off >> 2
+        wheel = seg.wheel
+        if not wheel or entry >= wheel[-1]:
+            wheel.append(entry)
+        else:
+            bisect.insort(wheel, entry)
+        second = seg.base + d
+        if seg.due < 0 or second < seg.due:
+            seg.due = second
+            self.schedule.add(second, seg)
+
+    def _redated(self, seg: Segment, off: int, flags: int, old: float, new: float) -> int:
+        """A record's deadline changes from ``old`` to ``new``: see that the cleaner fires for ``new``.
+
+        Returns the record's flags, MONO cleared if the deadline moved (the MONO walk no
+        longer covers it). A non-MONO record's pending entry for ``old`` (it had not
+        expired) serves when both fall in the same wheel second; else it goes stale.
+        """
+        if flags & MONO:
+            if new == old:
+                return flags
+            flags &= ~MONO
+        elif old > 0 and new > 0 and _delta(seg, old) == _delta(seg, new):
+            return flags
+        if new > 0:
+            self._register(seg, off, new)
+        return flags
+
+    def fire(self, seg: Segment, now: float) -> int:
+        """Delete the records of ``seg`` whose deadline passed and reschedule it; return how many."""
+        now_second = _second(now)
+        killed = 0
+        if 0 <= seg.mono_due <= now_second:
+            killed += self._fire_mono(seg, now)
+        if seg.wheel and seg.base + (seg.wheel[0] >> OFF_BITS) <= now_second:
+            killed += self._fire_wheel(seg, now)
+        seg.due = -1
+        self._schedule(seg)
+        return killed
+
+    def _fire_mono(self, seg: Segment, now: float) -> int:
+        """Walk the MONO records from ``mono_pos`` until one has not expired."""
+        buf, off, used = seg.buf, seg.mono_pos, seg.used
+        killed = 0
+        due = -1
+        while off < used:
+            flags = buf[off]
+            if flags & LIVE:
+                _, expires, _, mlen, blen, ilen = REC.unpack_from(buf, off)
+                payload = mlen + blen
+                size = (HEADER + ilen + (payload if payload > 4 else 4) + 3) & ~3
+                if flags & MONO:
+                    if expires > now:
+                        due = _second(expires)
+                        break
+                    idb = bytes(buf[off + ID_AT : off + ID_AT + ilen])
+                    self.index.pop(idb, hash(idb) & M64)
+                    self.erase(seg, off)
+                    killed += 1
+                off += size
+            else:
+                off += buf[off + 1] | buf[off + 2] << 8
+        seg.mono_pos = off
+        seg.mono_due = due
+        return killed
+
+    def _fire_wheel(self, seg: Segment, now: float) -> int:
+        """Process the wheel entries due by now; keep those of deadlines later this second."""
+        wheel, base, buf = seg.wheel, seg.base, seg.buf
+        limit = _second(now) - base
+        keep: list[int] = []
+        rebase = False
+        killed = 0
+        i, n = 0, len(wheel)
+        while i < n:
+            entry = wheel[i]
+            d = entry >> OFF_BITS
+            if d > limit:
+                break
+            i += 1
+            off = (entry & OFF_MASK) << 2
+            flags = buf[off]
+            if not flags & LIVE or flags & MONO:
+                continue
+            expires = F64.unpack_from(buf, off + 1)[0]
+            if 0 < expires <= now:
+                self.kill(seg, off)
+                killed += 1
+            elif expires > 0 and _delta(seg, expires) == d:  # its current deadline, later this second
+                keep.append(entry)
+                rebase = rebase or d == DELTA_MAX
+        del wheel[:i]
+        if rebase:  # a far deadline reached the clamp: re-base on now
+            self._rebuild_wheel(seg, now)
+        elif keep:
+            wheel[0:0] = array("I", keep)
+        return killed
+
+    def _rebuild_wheel(self, seg: Segment, now: float) -> None:
+        """Re-base the wheel on ``now`` and rebuild it from the records (not scheduled here)."""
+        seg.base = _second(now)
+        entries = []
+        buf, off, used = seg.buf, 0, seg.used
+        while off < used:
+            flags = buf[off]
+            if flags & LIVE:
+                _, expires, _, mlen, blen, ilen = REC.unpack_from(buf, off)
+                if expires > 0 and not flags & MONO:
+                    entries.append(_delta(seg, expires) << OFF_BITS | off >> 2)
+                off += extent(ilen, mlen + blen)
+            else:
+                off += buf[off + 1] | buf[off + 2] << 8
+        entries.sort()
+        seg.wheel = array("I", entries)
+
+    def _schedule(self, seg: Segment) -> None:
+        """Schedule the segment at its earliest pending second, if that is before its current one."""
+        second = seg.mono_due
+        if seg.wheel:
+            first = seg.base + (seg.wheel[0] >> OFF_BITS)
+            if second < 0 or first < second:
+                second = first
+        if second >= 0 and (seg.due < 0 or second < seg.due):
+            seg.due = second
+            self.schedule.add(second, seg)
+
+    # -- walking ------------------------------------------------------------------
+    def _unhidden(self, seg: Segment, off: int, hidden: float) -> None:
+        """A record got a new hide deadline: keep the cursor's promise about what lies before it."""
+        cur = self.cur_seg
+        if (
+            hidden < self.cur_until
+            and cur is not None
+            and (seg.seq < cur.seq or (seg is cur and off < self.cur_off))
+        ):
+            self.cur_until = hidden
+
+    def select(self, marker: str | None, limit: int | None, match_hidden: bool, now: float) -> list[Position]:
+        """The positions of the records a list operation matches, in order."""
+        seg: Segment | None = self.head
+        off = 0
+        advancing = False
+        until = INF
+        if marker is not None:
+            idb = marker.encode("utf-8", "surrogatepass")
+            loc = self.index.get(idb, hash(idb) & M64)
+            if loc >= 0:
+                seg, off = self.at(loc)
+                _, _, _, mlen, blen, ilen = REC.unpack_from(seg.buf, off)
+                off += extent(ilen, mlen + blen)
+        if seg is self.head and off == 0 and not match_hidden:
+            if self.cur_seg is None or now >= self.cur_until or now < self.cur_now:
+                self.cur_seg, self.cur_off, self.cur_until = self.head, 0, INF
+            self.cur_now = now
+            seg, off, until = self.cur_seg, self.cur_off, self.cur_until
+            advancing = True
+        out: list[Position] = []
+        last = seg
+        while seg is not None:
+            buf, used = seg.buf, seg.used
+            while off < used:
+                if buf[off] & LIVE:
+                    _, expires, hidden, mlen, blen, ilen = REC.unpack_from(buf, off)
+                    if 0 < expires <= now:
+                        pass
+                    elif hidden > now and not match_hidden:
+                        if advancing and hidden < until:
+                            until = hidden
+                    else:
+                        if advancing:
+                            self.cur_seg, self.cur_off, self.cur_until = seg, off, until
+                            advancing = False
+                        out.append((seg, off))
+                        if limit is not None and len(out) >= limit:
+                            return out
+                    payload = mlen + blen
+                    off += (HEADER + ilen + (payload if payload > 4 else 4) + 3) & ~3
+                else:
+                    off += buf[off + 1] | buf[off + 2] << 8
+            last, seg, off = seg, seg.next, 0
+        if advancing and last is not None:
+            self.cur_seg, self.cur_off, self.cur_until = last, last.used, until
+        return out
+
+
+def _fast_message() -> Callable[[str, bytes, float, float, bytes], Message]:
+    """A Message constructor that sets the slots directly.
+
+    The frozen dataclass's ``__init__`` goes through ``object.__setattr__`` per field,
+    which costs about as much as the rest of a lookup; every returned message pays it.
+    Falls back to the class itself if Message ever gains a field this does not know.
+    """
+    names = ("id", "body", "expires", "hidden_until", "meta")
+    if tuple(f.name for f in dataclasses.fields(Message)) != names:
+        return Message
+    new = object.__new__
+    set_id, set_body, set_expires, set_hidden, set_meta = (vars(Message)[name].__set__ for name in names)
+
+    def make(mid: str, body: bytes, expires: float, hidden: float, meta: bytes) -> Message:
+        m = new(Message)
+        set_id(m, mid)
+        set_body(m, body)
+        set_expires(m, expires)
+        set_hidden(m, hidden)
+        set_meta(m, meta)
+        return m
+
+    return make
+
+
+make_message = _fast_message()
+
+
+def _second(t: float) -> int:
+    return int(t) if t < FAR else 1 << 52
+
+
+def _delta(seg: Segment, expires: float) -> int:
+    """The wheel second of a deadline, relative to the segment's base and clamped."""
+    d = (int(expires) if expires < FAR else 1 << 52) - seg.base
+    return 0 if d < 0 else DELTA_MAX if d > DELTA_MAX else d
+
+
+def _retire(seg: Segment) -> None:
+    """Free a segment's memory; schedule entries and stale locations that still name it find it empty."""
+    seg.dead = True
+    seg.buf = bytearray()
+    seg.wheel = array("I")
+    seg.prev = seg.next = None
+    seg.due = -1
