@@ -22,7 +22,7 @@ from typing import TypeVar
 
 from burrow.backends.base import Backend
 from burrow.config import Settings
-from burrow.core.model import Filter, Message, Update, deadline
+from burrow.core.model import Filter, Message, Update, deadline, new_update
 
 log = logging.getLogger("burrow.service")
 
@@ -106,6 +106,8 @@ class Service:
     # -- message lists ----------------------------------------------------------
     async def get_messages(self, account: str, queue: str, filter: Filter, wait: int = 0) -> list[Message]:
         capped = self._capped(filter)
+        if wait <= 0:  # no long poll: call the backend directly (no poll() and closure frames)
+            return await self.backend.get_messages(account, queue, capped, self.clock())
         return await self.poll(
             account, queue, wait, lambda: self.backend.get_messages(account, queue, capped, self.clock())
         )
@@ -119,17 +121,31 @@ class Service:
         hide: int | None,
         wait: int = 0,
     ) -> list[Message]:
+        if wait <= 0:  # no long poll (the common take): one attempt, without poll() and its closure
+            now = self.clock()
+            result = await self.backend.update_messages(
+                account, queue, filter, self._update(ttl, hide, now), now
+            )
+        else:
+            result = await self._poll_update(account, queue, filter, ttl, hide, wait)
+        if hide == 0 and result:
+            self.notify((account, queue))
+        return result
+
+    async def _poll_update(
+        self, account: str, queue: str, filter: Filter, ttl: int | None, hide: int | None, wait: int
+    ) -> list[Message]:
+        # A separate method so that update_messages has no closure (cell variables) to pay for.
         async def attempt() -> list[Message]:
             now = self.clock()
             update = self._update(ttl, hide, now)
             return await self.backend.update_messages(account, queue, filter, update, now)
 
-        result = await self.poll(account, queue, wait, attempt)
-        if hide == 0 and result:
-            self.notify((account, queue))
-        return result
+        return await self.poll(account, queue, wait, attempt)
 
     async def delete_messages(self, account: str, queue: str, filter: Filter, wait: int = 0) -> list[Message]:
+        if wait <= 0:  # no long poll: call the backend directly
+            return await self.backend.delete_messages(account, queue, filter, self.clock())
         return await self.poll(
             account, queue, wait, lambda: self.backend.delete_messages(account, queue, filter, self.clock())
         )
@@ -152,10 +168,11 @@ class Service:
         settings = self.settings
         hide = settings.default_hide if hide is None else hide
         ttl = settings.default_ttl if ttl is None else ttl
+        # deadline() inlined (0 seconds = no deadline): this is the put hot path.
         created = await self.backend.put_message(
-            account, queue, message, body, deadline(ttl, now), deadline(hide, now), now
+            account, queue, message, body, now + ttl if ttl else 0.0, now + hide if hide else 0.0, now
         )
-        if not hide:
+        if not hide and self._waiters:  # checked here: most puts have no waiter anywhere to wake
             self.notify((account, queue))
         return created
 
@@ -174,9 +191,9 @@ class Service:
     # -- internals --------------------------------------------------------------
     @staticmethod
     def _update(ttl: int | None, hide: int | None, now: float) -> Update:
-        return Update(
-            expires=None if ttl is None else deadline(ttl, now),
-            hidden_until=None if hide is None else deadline(hide, now),
+        return new_update(
+            None if ttl is None else deadline(ttl, now),
+            None if hide is None else deadline(hide, now),
         )
 
     async def poll(

@@ -8,14 +8,14 @@ nothing), makes one service call, and renders the result at the requested
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from urllib.parse import unquote_plus
 
 import orjson
 
 from burrow.core import validation
 from burrow.core.errors import BadRequest, NotFound
-from burrow.core.model import Detail, Filter, Message, remaining
+from burrow.core.model import ALL, Detail, Filter, Message, new_filter, remaining
 from burrow.http.types import Request, Response
 from burrow.service import Service
 
@@ -23,6 +23,8 @@ JSON = "application/json"
 OCTETS = "application/octet-stream"
 NO_CONTENT = Response(204)
 CREATED = Response(201)
+#: The answer to ``GET /``, built once (responses are never changed once built, as above).
+VERSIONS = Response(200, orjson.dumps(["v1.0"]), JSON)
 
 #: Parameters each kind of request accepts; anything else is a 400 naming the allowed ones.
 LIST_NAMES = frozenset({"limit", "marker", "detail"})
@@ -32,12 +34,15 @@ ONE_MESSAGE = frozenset({"detail"})
 PUT_MESSAGE = frozenset({"ttl", "hide"})
 UPDATE_MESSAGE = frozenset({"detail", "ttl", "hide"})
 NO_PARAMS: frozenset[str] = frozenset()
+#: Bounds of V1Api's cache of parsed query strings: entries, and length of a cached query.
+_PARSED_MAX = 256
+_PARSED_QUERY_MAX = 200
 
 
 class Params:
     """The query string of one request, decoded and checked against what the route allows."""
 
-    __slots__ = ("_settings_max_seconds", "_values")
+    __slots__ = ("_filter", "_seconds", "_settings_max_seconds", "_values")
 
     def __init__(self, query: str, allowed: frozenset[str], max_seconds: int) -> None:
         values: dict[str, str] = {}
@@ -61,18 +66,26 @@ class Params:
                 values[key] = value
         self._values = values
         self._settings_max_seconds = max_seconds
+        self._filter: Filter | None = None
+        self._seconds: dict[str, int] = {}
 
     def filter(self) -> Filter:
+        # Params may be shared (see V1Api._params), so the (immutable) Filter is kept.
+        if self._filter is None:
+            self._filter = self._make_filter()
+        return self._filter
+
+    def _make_filter(self) -> Filter:
         values = self._values
         if not values:
-            return Filter()
+            return ALL  # equal to Filter(), and immutable: shared
         limit = values.get("limit")
         marker = values.get("marker")
         hidden = values.get("match_hidden")
-        return Filter(
-            limit=None if limit is None else validation.integer(limit, "limit", 1, 1 << 31),
-            marker=marker,
-            match_hidden=False if hidden is None else validation.boolean(hidden, "match_hidden"),
+        return new_filter(
+            None if limit is None else validation.integer(limit, "limit", 1, 1 << 31),
+            marker,
+            False if hidden is None else validation.boolean(hidden, "match_hidden"),
         )
 
     def seconds(self, key: str) -> int | None:
@@ -80,7 +93,11 @@ class Params:
         value = self._values.get(key)
         if value is None:
             return None
-        return validation.integer(value, key, 0, self._settings_max_seconds)
+        # Params may be shared (see V1Api._params): a value once checked is kept.
+        checked = self._seconds.get(key)
+        if checked is None:
+            checked = self._seconds[key] = validation.integer(value, key, 0, self._settings_max_seconds)
+        return checked
 
     def detail(self, default: Detail) -> Detail:
         value = self._values.get("detail")
@@ -131,15 +148,31 @@ def _body_item(m: Message) -> object:
         return _body_fields(m.body, {})
 
 
+def _all(m: Message, now: float) -> dict[str, object]:
+    """One message at ``detail=all`` (what a take returns); a UTF-8 body is built in one step."""
+    try:
+        text = m.body.decode("utf-8")
+    except UnicodeDecodeError:
+        return _body_fields(m.body, _attributes(m, now))
+    return {
+        "id": m.id,
+        "ttl": remaining(m.expires, now),
+        "hide": remaining(m.hidden_until, now),
+        "body": text,
+    }
+
+
 _LIST_RENDER: dict[Detail, Callable[[Message, float], object]] = {
     Detail.ID: lambda m, now: m.id,
-    Detail.ALL: lambda m, now: _body_fields(m.body, _attributes(m, now)),
+    Detail.ALL: _all,
     Detail.ATTRIBUTES: _attributes,
     Detail.BODY: lambda m, now: _body_item(m),
 }
 
 
-def _messages(messages: Iterable[Message], detail: Detail, now: float) -> Response:
+def _messages(messages: list[Message], detail: Detail, now: float) -> Response:
+    if detail is Detail.ALL:  # the common case (takes): no per-message dispatch
+        return Response(200, orjson.dumps([_all(m, now) for m in messages]), JSON)
     if detail is Detail.NONE:
         return NO_CONTENT
     render = _LIST_RENDER[detail]
@@ -148,7 +181,7 @@ def _messages(messages: Iterable[Message], detail: Detail, now: float) -> Respon
 
 def _message(m: Message, detail: Detail, now: float) -> Response:
     if detail is Detail.ALL:
-        return _json(_body_fields(m.body, _attributes(m, now)))
+        return _json(_all(m, now))
     if detail is Detail.ATTRIBUTES:
         return _json(_attributes(m, now))
     if detail is Detail.BODY:
@@ -171,13 +204,32 @@ class V1Api:
     def __init__(self, service: Service) -> None:
         self.service = service
         self.max_seconds = service.settings.max_seconds
+        #: The Params of every request without a query string (most of them): nothing to parse
+        #: or check. A Params never changes after parsing (its filter is computed once), so
+        #: one instance can serve many requests.
+        self._no_query = Params("", NO_PARAMS, self.max_seconds)
+        #: Parsed Params of recent short query strings, by (query, allowed): clients repeat
+        #: the same few (a worker's take) and parsing one costs more than the lookup.
+        #: Only successfully parsed ones are kept; the cache is bounded and simply reset.
+        self._parsed: dict[tuple[str, frozenset[str]], Params] = {}
 
     def _params(self, request: Request, allowed: frozenset[str]) -> Params:
-        return Params(request.query, allowed, self.max_seconds)
+        query = request.query
+        if not query:
+            return self._no_query
+        key = (query, allowed)
+        params = self._parsed.get(key)
+        if params is None:
+            params = Params(query, allowed, self.max_seconds)
+            if len(query) <= _PARSED_QUERY_MAX:
+                if len(self._parsed) >= _PARSED_MAX:
+                    self._parsed.clear()
+                self._parsed[key] = params
+        return params
 
     async def versions(self, request: Request) -> Response:
         self._params(request, NO_PARAMS)
-        return _json(["v1.0"])
+        return VERSIONS
 
     # accounts
     async def list_accounts(self, request: Request) -> Response:

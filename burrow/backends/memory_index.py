@@ -134,8 +134,15 @@ class Index:
         d = t.disp[j]
         if d == 0:
             return -1
-        if d == 1 and t.tags[j] == h >> t.tshift & t.tmask and _match(self.slots, t.locs[j], idb):
-            return t.locs[j]  # the common case: at its home slot
+        if d == 1 and t.tags[j] == h >> t.tshift & t.tmask:
+            # The common case: at its home slot. _match inlined (this runs on every lookup).
+            loc = t.locs[j]
+            buf = self.slots[loc >> OFF_BITS].buf
+            off = (loc & OFF_MASK) << 2
+            if buf.startswith(idb, off + ID_AT) and buf[off + LEN_AT] | buf[off + LEN_AT + 1] << 8 == len(
+                idb
+            ):
+                return loc
         j = self._find(t, idb, h)
         return -1 if j < 0 else t.locs[j]
 
@@ -191,11 +198,16 @@ class Index:
     def pop(self, idb: bytes, h: int) -> int:
         """Remove the id; return the location it had, or -1 if absent."""
         t = self.dir[h & self.dmask]
-        j = self._find(t, idb, h)
-        if j < 0:
-            return -1
         disp, tags, locs = t.disp, t.tags, t.locs
+        j = h >> t.depth & t.mask
         loc = locs[j]
+        if disp[j] == 1 and tags[j] == h >> t.tshift & t.tmask and _match(self.slots, loc, idb):
+            pass  # the common case: at its home slot (checked here, without _find's loop)
+        else:
+            j = self._find(t, idb, h)
+            if j < 0:
+                return -1
+            loc = locs[j]
         t.live -= 1
         if disp[j + 1] <= 1:  # the common case: nothing displaced follows
             disp[j] = 0

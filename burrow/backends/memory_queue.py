@@ -124,6 +124,21 @@ class QueueStore:
         """The record at ``off`` as a Message (``mid`` saves decoding the id when known)."""
         buf = seg.buf
         flags, expires, hidden, mlen, blen, ilen = REC.unpack_from(buf, off)
+        return self._message(buf, off, flags, expires, hidden, mlen, blen, ilen, mid)
+
+    def _message(
+        self,
+        buf: bytearray,
+        off: int,
+        flags: int,
+        expires: float,
+        hidden: float,
+        mlen: int,
+        blen: int,
+        ilen: int,
+        mid: str | None,
+    ) -> Message:
+        """:meth:`snapshot` for a record whose header the caller has already unpacked."""
         if flags & FORWARD:
             meta, body = self.big[U32.unpack_from(buf, off + HEADER + ilen)[0]]
             idb = bytes(buf[off + HEADER : off + HEADER + ilen])
@@ -244,9 +259,12 @@ class QueueStore:
 
         With ``mid`` (the id, known to the caller), return the record as it was.
         """
-        found = None if mid is None else self.snapshot(seg, off, mid)
         buf = seg.buf
-        flags, _, _, mlen, blen, ilen = REC.unpack_from(buf, off)
+        flags, expires, hidden, mlen, blen, ilen = REC.unpack_from(buf, off)
+        # The header is unpacked once, for the snapshot and for the erase.
+        found = (
+            None if mid is None else self._message(buf, off, flags, expires, hidden, mlen, blen, ilen, mid)
+        )
         if flags & FORWARD:
             del self.big[U32.unpack_from(buf, off + HEADER + ilen)[0]]
         payload = mlen + blen
