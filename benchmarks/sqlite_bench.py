@@ -33,7 +33,7 @@ from pathlib import Path
 
 from burrow.backends.sqlite import SQLiteBackend
 from burrow.core.model import Filter, Update
-from burrow.http.server import install_event_loop_policy
+from burrow.http.server import run
 
 READY = re.compile(r"listening on http://([0-9.]+):(\d+) ")
 BODY = b"b" * 100
@@ -269,5 +269,4 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    install_event_loop_policy()
-    asyncio.run(main(parse()))
+    run(main(parse()))

@@ -38,7 +38,7 @@ from typing import cast
 import orjson
 
 from burrow.bench.procs import Placement, pin, raise_nofile, start_burrow
-from burrow.http.server import install_event_loop_policy
+from burrow.http.server import loop_factory, run
 
 BODY = "b" * 100
 AUTH = (
@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     raise_nofile()
-    loop_name = install_event_loop_policy()
+    loop_name = loop_factory()[0]
     placement = Placement.split()
     pin(os.getpid(), placement.client)
     print(f"sqs_bench: {placement.describe()}; load generator on {loop_name}; backend {args.backend}")
@@ -356,16 +356,16 @@ def main(argv: list[str] | None = None) -> int:
     with start_burrow(args.backend, placement.server) as server:
         host, port = server.host, server.port
         window = server.window(placement.client)
-        results.v1 = asyncio.run(drive_fast(host, port, args.connections, args.seconds, V1Steps()))
+        results.v1 = run(drive_fast(host, port, args.connections, args.seconds, V1Steps()))
         use = window.stop()
         results.v1_per_cpu = results.v1 / max(use.server, 1e-9)
         print(
             f"  burrow v1.0 : {results.v1:9.0f} cycles/s (PUT + POST hide + DELETE)"
             f"  server CPU {use.server:.0%}, generator CPUs {use.client_cpus_busy:.0%}"
         )
-        urls = asyncio.run(create_queues(host, port, args.connections, "burrow"))
+        urls = run(create_queues(host, port, args.connections, "burrow"))
         window = server.window(placement.client)
-        results.sqs = asyncio.run(drive_fast(host, port, args.connections, args.seconds, SqsSteps(urls)))
+        results.sqs = run(drive_fast(host, port, args.connections, args.seconds, SqsSteps(urls)))
         use = window.stop()
         results.sqs_per_cpu = results.sqs / max(use.server, 1e-9)
         print(
@@ -380,8 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     proc, port = start_moto(placement.server)
     try:
-        urls = asyncio.run(create_queues("127.0.0.1", port, args.moto_connections, "moto"))
-        results.moto = asyncio.run(
+        urls = run(create_queues("127.0.0.1", port, args.moto_connections, "moto"))
+        results.moto = run(
             drive("127.0.0.1", port, args.moto_connections, args.seconds, make_sqs_cycle(urls))
         )
     finally:

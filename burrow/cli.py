@@ -97,14 +97,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def serve(settings: Settings) -> int:
     """Run the server until SIGINT or SIGTERM; return the process exit status."""
-    from burrow.http.server import install_event_loop_policy
+    from burrow.http.server import loop_factory, run
 
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    loop_name = install_event_loop_policy()
     try:
-        return asyncio.run(_serve(settings, loop_name))
+        return run(_serve(settings, loop_factory()[0]))
     except StartupError as error:
         log.error("%s", error)
         return 1

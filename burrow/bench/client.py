@@ -15,9 +15,9 @@ import sys
 import time
 from typing import Any, cast
 
-from burrow.bench.echo import install_loop
 from burrow.bench.procs import raise_nofile
 from burrow.bench.workloads import Script, make_script
+from burrow.http.server import run
 
 
 class Stats:
@@ -282,8 +282,7 @@ async def _main() -> None:
 
 
 def main() -> int:
-    install_loop()
-    asyncio.run(_main())
+    run(_main())
     return 0
 
 

@@ -12,9 +12,9 @@ import signal
 import sys
 
 from burrow.http.echo import start_echo_server
-from burrow.http.server import install_event_loop_policy as install_loop
+from burrow.http.server import loop_factory, run
 
-__all__ = ["install_loop", "main"]
+__all__ = ["main"]
 
 
 async def _serve(host: str, port: int, loop_name: str) -> None:
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args(argv)
-    asyncio.run(_serve(args.host, args.port, install_loop()))
+    run(_serve(args.host, args.port, loop_factory()[0]))
     return 0
 
 

@@ -12,7 +12,7 @@ import pytest
 import uvloop
 
 from burrow.http.echo import RESPONSE, EchoProtocol, start_echo_server
-from burrow.http.server import install_event_loop_policy
+from burrow.http.server import loop_factory, run
 from burrow.http.types import Request, Response
 from tests.http.conftest import App, Client, Reply, Serve, get, read_reply
 
@@ -562,17 +562,18 @@ async def test_sock_argument_and_port(serve: Serve, app: App, clients: Connect) 
         await server.close()
 
 
-def test_install_event_loop_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_loop_factory_prefers_uvloop_and_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     old = asyncio.get_event_loop_policy()
-    try:
-        assert install_event_loop_policy() == "uvloop"
-        assert isinstance(asyncio.get_event_loop_policy(), uvloop.EventLoopPolicy)
-        asyncio.set_event_loop_policy(old)
-        monkeypatch.setitem(sys.modules, "uvloop", None)  # as if it were not installed
-        assert install_event_loop_policy() == "asyncio"
-        assert asyncio.get_event_loop_policy() is old
-    finally:
-        asyncio.set_event_loop_policy(old)
+
+    async def running_loop() -> asyncio.AbstractEventLoop:
+        return asyncio.get_running_loop()
+
+    assert loop_factory()[0] == "uvloop"
+    assert isinstance(run(running_loop()), uvloop.Loop)
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if it were not installed
+    assert loop_factory()[0] == "asyncio"
+    assert not isinstance(run(running_loop()), uvloop.Loop)
+    assert asyncio.get_event_loop_policy() is old  # the global policy is never touched
 
 
 async def test_echo_baseline_serves_pipelined_requests() -> None:
