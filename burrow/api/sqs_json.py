@@ -8,6 +8,7 @@ Errors carry the shape in ``__type`` and the legacy code in ``x-amzn-query-error
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import orjson
 
@@ -39,6 +40,20 @@ def json_error(error: SqsError, request_id: str) -> Response:
     return Response(error.status, body, JSON_10, headers)
 
 
+def _params(body: bytes) -> dict[str, Any]:
+    """The request members: the body's JSON object; an empty (or blank) body is no members."""
+    try:
+        params = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        # Blank bodies are rare: only look for one once parsing failed.
+        if not body.strip():
+            return {}
+        raise SqsError("InvalidParameterValue", "The request body is not valid JSON.") from None
+    if not isinstance(params, dict):
+        raise SqsError("InvalidParameterValue", "The request body must be a JSON object.")
+    return params
+
+
 class SqsJsonApi:
     def __init__(self, sqs: SqsService, auth: Authenticator) -> None:
         self.sqs = sqs
@@ -53,12 +68,7 @@ class SqsJsonApi:
                     "InvalidAction", f"Unknown X-Amz-Target {target[:100]!r}; expected AmazonSQS.<Action>."
                 )
             caller = self.auth.caller(request, self.sqs.now())
-            try:
-                params = orjson.loads(request.body) if request.body.strip() else {}
-            except orjson.JSONDecodeError:
-                raise SqsError("InvalidParameterValue", "The request body is not valid JSON.") from None
-            if not isinstance(params, dict):
-                raise SqsError("InvalidParameterValue", "The request body must be a JSON object.")
+            params = _params(request.body)
             result = await run(self.sqs, caller, target[len(_PREFIX) :], params)
             return Response(200, orjson.dumps(result), JSON_10, [("x-amzn-RequestId", request_id)])
         except SqsError as error:

@@ -54,8 +54,9 @@ ACTIONS: dict[str, Action] = {
 }
 
 
-async def run(sqs: SqsService, caller: Caller, action: str, params: Params) -> dict[str, Any]:
+def run(sqs: SqsService, caller: Caller, action: str, params: Params) -> Awaitable[dict[str, Any]]:
+    """The action's result (``await run(...)``); a plain function, to spare a coroutine frame."""
     handler = ACTIONS.get(action)
     if handler is None:
         raise SqsError("InvalidAction", f"The action {action[:100]} is not valid for this endpoint.")
-    return await handler(sqs, caller, params)
+    return handler(sqs, caller, params)

@@ -8,6 +8,7 @@ or Failed, like AWS.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from burrow.sqs import validation
@@ -121,13 +122,18 @@ def _wanted_attributes(names: list[str], attributes: dict[str, Attribute]) -> di
     return {k: v for k, v in attributes.items() if k in exact or (prefixes and k.startswith(prefixes))}
 
 
-def _render(r: Received, caller: Caller, system: set[str], names: list[str], now_ms: int) -> Result:
+def _render(r: Received, caller: Caller, system: AbstractSet[str], names: list[str], now_ms: int) -> Result:
     m, meta = r.message, r.meta
-    body = m.body.decode("utf-8", "replace")
+    data = m.body
+    try:
+        body = data.decode("utf-8")  # valid UTF-8 (every SQS body): its digest is of the stored bytes
+    except UnicodeDecodeError:  # a burrow v1.0 binary body: SQS sees (and digests) it repaired
+        body = data.decode("utf-8", "replace")
+        data = body.encode("utf-8")
     out: Result = {
         "MessageId": m.id,
         "ReceiptHandle": r.receipt,
-        "MD5OfBody": md5_of_body(body),
+        "MD5OfBody": md5_of_body(data),
         "Body": body,
     }
     if system:
@@ -152,24 +158,33 @@ def _render(r: Received, caller: Caller, system: set[str], names: list[str], now
     return out
 
 
+_NO_NAMES: frozenset[str] = frozenset()
+
+
+def _system_names(p: Params) -> AbstractSet[str]:
+    """The system attributes AttributeNames and MessageSystemAttributeNames ask for (checked)."""
+    if "AttributeNames" not in p and "MessageSystemAttributeNames" not in p:
+        return _NO_NAMES  # most receives ask for none: skip building sets
+    requested = set(strings(p, "AttributeNames")) | set(strings(p, "MessageSystemAttributeNames"))
+    for name in requested:
+        if name != "All" and name not in SYSTEM_ATTRIBUTES and name not in validation.ALL_QUEUE_ATTRIBUTES:
+            raise SqsError("InvalidAttributeName", f"Unknown Attribute {name[:100]}.")
+    return SYSTEM_ATTRIBUTES if "All" in requested else requested & SYSTEM_ATTRIBUTES
+
+
 async def receive_message(sqs: SqsService, caller: Caller, p: Params) -> Result:
     q = await queue(sqs, caller, p)
     limit = integer(p, "MaxNumberOfMessages", 1, 10) or 1
     visibility = integer(p, "VisibilityTimeout", 0, validation.MAX_VISIBILITY)
     wait = integer(p, "WaitTimeSeconds", 0, validation.MAX_WAIT)
     text(p, "ReceiveRequestAttemptId")
-    requested = set(strings(p, "AttributeNames")) | set(strings(p, "MessageSystemAttributeNames"))
-    for name in requested:
-        if name != "All" and name not in SYSTEM_ATTRIBUTES and name not in validation.ALL_QUEUE_ATTRIBUTES:
-            raise SqsError("InvalidAttributeName", f"Unknown Attribute {name[:100]}.")
-    system = set(SYSTEM_ATTRIBUTES) if "All" in requested else requested & SYSTEM_ATTRIBUTES
+    system = _system_names(p)
     names = strings(p, "MessageAttributeNames")
-    state = q.state
     received = await sqs.messages.receive(
         q,
         limit,
-        state.number("VisibilityTimeout") if visibility is None else visibility,
-        state.number("ReceiveMessageWaitTimeSeconds") if wait is None else wait,
+        q.number("VisibilityTimeout") if visibility is None else visibility,
+        q.number("ReceiveMessageWaitTimeSeconds") if wait is None else wait,
         caller.region,
     )
     if not received:

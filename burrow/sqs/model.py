@@ -8,6 +8,11 @@
 * A receipt handle names (account, queue, message, receive count). The count grows
   on every receive, so each receive hands out a new handle and an older one no
   longer matches the stored message: that is how a stale consumer is kept out.
+
+:class:`MessageMeta` and :class:`Receipt` are built several times per request, so they
+are slotted dataclasses *without* ``frozen=True`` (a frozen ``__init__`` sets each field
+through ``object.__setattr__``, about 1 us for MessageMeta). Treat them as immutable:
+make a changed copy with :func:`dataclasses.replace`.
 """
 
 from __future__ import annotations
@@ -77,7 +82,7 @@ def _unpack_attributes(packed: dict[str, list[str]]) -> dict[str, Attribute]:
     }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class MessageMeta:
     """SQS data of one message. Times are epoch milliseconds."""
 
@@ -120,18 +125,19 @@ class MessageMeta:
             return MessageMeta()
         try:
             doc = orjson.loads(raw)
+            get = doc.get
             return MessageMeta(
-                sent=doc.get("s", 0),
-                receive_count=doc.get("r", 0),
-                first_receive=doc.get("f", 0),
-                last_receive=doc.get("l", 0),
-                attributes=_unpack_attributes(doc["a"]) if "a" in doc else {},
-                trace_header=doc.get("x"),
-                group=doc.get("g"),
-                dedup_id=doc.get("d"),
-                sequence=doc.get("q"),
-                sender=doc.get("u"),
-                dlq_source=doc.get("D"),
+                get("s", 0),
+                get("r", 0),
+                get("f", 0),
+                get("l", 0),
+                _unpack_attributes(doc["a"]) if "a" in doc else {},
+                get("x"),
+                get("g"),
+                get("d"),
+                get("q"),
+                get("u"),
+                get("D"),
             )
         except (orjson.JSONDecodeError, TypeError, ValueError, KeyError, AttributeError, binascii.Error):
             return MessageMeta()  # foreign meta (another front end's): treat as a plain message
@@ -183,7 +189,13 @@ def new_id() -> str:
 # -- receipt handles -------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+# ``base64.urlsafe_b64encode``/``b64decode`` (non-strict), without their Python-level
+# argument checks: a handle is made on every receive and read on every delete.
+_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
+_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
+
+
+@dataclass(slots=True)
 class Receipt:
     account: str
     queue: str
@@ -191,8 +203,7 @@ class Receipt:
     receive_count: int
 
     def encode(self) -> str:
-        raw = orjson.dumps([self.account, self.queue, self.message, self.receive_count])
-        return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+        return receipt_handle(self.account, self.queue, self.message, self.receive_count)
 
     @staticmethod
     def decode(handle: str) -> Receipt | None:
@@ -200,13 +211,24 @@ class Receipt:
         if not handle or len(handle) > 4096:
             return None
         try:
-            raw = base64.urlsafe_b64decode(handle + "=" * (-len(handle) % 4))
-            account, queue, message, count = orjson.loads(raw)
+            padded = (handle + "=" * (-len(handle) % 4)).encode("ascii").translate(_FROM_URLSAFE)
+            account, queue, message, count = orjson.loads(binascii.a2b_base64(padded))
         except (ValueError, TypeError, binascii.Error):
             return None
-        if not all(isinstance(v, str) for v in (account, queue, message)) or type(count) is not int:
+        if (
+            not isinstance(account, str)
+            or not isinstance(queue, str)
+            or not isinstance(message, str)
+            or type(count) is not int
+        ):
             return None
         return Receipt(account, queue, message, count)
+
+
+def receipt_handle(account: str, queue: str, message: str, receive_count: int) -> str:
+    """``Receipt(...).encode()`` without building the Receipt."""
+    raw = orjson.dumps([account, queue, message, receive_count])
+    return binascii.b2a_base64(raw, newline=False).translate(_TO_URLSAFE).decode("ascii").rstrip("=")
 
 
 # -- queues ---------------------------------------------------------------------

@@ -6,7 +6,7 @@ Wrong types and missing required members become the errors AWS returns
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,11 +77,12 @@ def account_of(caller: Caller, account: str) -> str:
     return account
 
 
-async def queue(sqs: SqsService, caller: Caller, p: Params) -> Queue:
+def queue(sqs: SqsService, caller: Caller, p: Params) -> Awaitable[Queue]:
+    """The request's queue (``await queue(...)``); a plain function, to spare a coroutine frame."""
     parsed = parse_queue_url(required_text(p, "QueueUrl"))
     if parsed is None:
         raise no_queue()
-    return await sqs.queues.get(account_of(caller, parsed[0]), parsed[1])
+    return sqs.queues.get(account_of(caller, parsed[0]), parsed[1])
 
 
 def url(caller: Caller, q: Queue) -> str:

@@ -10,7 +10,7 @@ lives beside the queue under ``<name>#fifo``; ``#`` cannot occur in an SQS name.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import orjson
 
@@ -23,20 +23,44 @@ from burrow.sqs.validation import MAX_TAGS, PURGE_WAIT, RECREATE_WAIT
 FIFO_SUFFIX = "#fifo"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Queue:
-    """One live SQS queue as read at the start of a request."""
+    """One live SQS queue as read at the start of a request.
+
+    The registry hands out one Queue per stored version of the queue document (see
+    :meth:`QueueRegistry._queue`), so what is derived from its attributes is worked out
+    once per version, not on every request. Not frozen, to keep building it cheap;
+    treat it as immutable.
+    """
 
     account: str
     name: str
     state: QueueState
+    fifo: bool = field(init=False, compare=False)
+    #: Memo of :meth:`number`: attribute name -> value.
+    _numbers: dict[str, int] = field(init=False, compare=False, repr=False, default_factory=dict)
+    #: Memo of :meth:`redrive`; ``_redrive_known`` tells None from "not parsed yet".
+    _redrive: tuple[str, str, int] | None = field(init=False, compare=False, repr=False, default=None)
+    _redrive_known: bool = field(init=False, compare=False, repr=False, default=False)
 
-    @property
-    def fifo(self) -> bool:
-        return self.state.fifo
+    def __post_init__(self) -> None:
+        self.fifo = self.state.fifo
+
+    def number(self, name: str) -> int:
+        """``state.number(name)``, remembered (the state of this version never changes)."""
+        value = self._numbers.get(name)
+        if value is None:
+            value = self._numbers[name] = self.state.number(name)
+        return value
 
     def redrive(self) -> tuple[str, str, int] | None:
         """(dead-letter account, queue, maxReceiveCount) when a RedrivePolicy is set."""
+        if not self._redrive_known:
+            self._redrive = self._parse_redrive()
+            self._redrive_known = True
+        return self._redrive
+
+    def _parse_redrive(self) -> tuple[str, str, int] | None:
         raw = self.state.attributes.get("RedrivePolicy")
         if not raw:
             return None
@@ -55,18 +79,28 @@ class QueueRegistry:
         self.backend = service.backend
         #: Serialises read-modify-write of queue documents within this process.
         self.lock = asyncio.Lock()
-        self._parsed: dict[tuple[str, str], tuple[bytes, QueueState]] = {}
+        #: (account, name) -> (stored document, the Queue decoded from it).
+        self._parsed: dict[tuple[str, str], tuple[bytes, Queue]] = {}
 
-    def _decode(self, account: str, name: str, raw: bytes) -> QueueState:
+    def _queue(self, account: str, name: str, raw: bytes) -> Queue:
+        """The queue a stored document describes (tombstones included).
+
+        Decoded once per document: every message request reads the document, and the
+        cached Queue is reused for as long as the stored bytes stay the same (a change
+        of attributes, a delete or a re-creation stores new bytes).
+        """
         key = (account, name)
         hit = self._parsed.get(key)
         if hit is not None and hit[0] == raw:
             return hit[1]
-        state = QueueState.decode(raw)
+        queue = Queue(account, name, QueueState.decode(raw))
         if len(self._parsed) > 10_000:
             self._parsed.clear()
-        self._parsed[key] = (raw, state)
-        return state
+        self._parsed[key] = (raw, queue)
+        return queue
+
+    def _decode(self, account: str, name: str, raw: bytes) -> QueueState:
+        return self._queue(account, name, raw).state
 
     async def find(self, account: str, name: str) -> Queue | None:
         if FIFO_SUFFIX in name:
@@ -74,12 +108,14 @@ class QueueRegistry:
         raw = await self.backend.get_queue_meta(account, name)
         if raw is None:
             return None
-        state = self._decode(account, name, raw)
-        return None if state.deleted else Queue(account, name, state)
+        queue = self._queue(account, name, raw)
+        return None if queue.state.deleted else queue
 
     async def get(self, account: str, name: str) -> Queue:
-        queue = await self.find(account, name)
-        if queue is None:
+        # find() inlined: this runs on every message request, and each coroutine frame costs.
+        raw = None if FIFO_SUFFIX in name else await self.backend.get_queue_meta(account, name)
+        queue = None if raw is None else self._queue(account, name, raw)
+        if queue is None or queue.state.deleted:
             raise no_queue()
         return queue
 
@@ -88,9 +124,9 @@ class QueueRegistry:
         for name, raw in await self.backend.list_queue_meta(account):
             if FIFO_SUFFIX in name:
                 continue
-            state = self._decode(account, name, raw)
-            if not state.deleted:
-                out.append(Queue(account, name, state))
+            queue = self._queue(account, name, raw)
+            if not queue.state.deleted:
+                out.append(queue)
         return out
 
     async def _store(self, account: str, name: str, state: QueueState) -> None:

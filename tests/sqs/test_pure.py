@@ -3,6 +3,7 @@ SigV4 verification against botocore's signer, and the protocol routing rule."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -13,12 +14,15 @@ from botocore.credentials import Credentials
 from burrow.api.routes import sqs_protocol
 from burrow.api.sqs_auth import Authenticator
 from burrow.api.sqs_query import query_params
+from burrow.backends import open_backend
 from burrow.config import Settings
 from burrow.core.model import Message
 from burrow.http.types import Request
+from burrow.service import Service
 from burrow.sqs.errors import SqsError
 from burrow.sqs.fifo import FifoState, receivable
 from burrow.sqs.model import Attribute, MessageMeta, Receipt, parse_queue_url
+from burrow.sqs.queues import QueueRegistry
 
 
 def test_receipts_round_trip_and_reject_garbage() -> None:
@@ -153,3 +157,25 @@ def test_sigv4_against_botocore() -> None:
     dev = Authenticator(Settings())
     assert dev.caller(_signed("anything"), time.time()).account == "key"
     assert dev.caller(Request("POST", "/"), time.time()).account == "000000000000"
+
+
+def test_queue_cache_follows_the_stored_document() -> None:
+    """The registry reuses a decoded Queue only while the stored document is unchanged."""
+
+    async def scenario() -> None:
+        settings = Settings()
+        registry = QueueRegistry(Service(open_backend("memory://", settings), settings))
+        await registry.create("a", "q", {"VisibilityTimeout": "30"}, {}, 1000.0)
+        first = await registry.get("a", "q")
+        assert await registry.get("a", "q") is first
+        assert first.number("VisibilityTimeout") == 30 and first.redrive() is None
+        await registry.set_attributes(first, {"VisibilityTimeout": "5"}, 1001.0)
+        changed = await registry.get("a", "q")
+        assert changed is not first and changed.number("VisibilityTimeout") == 5
+        assert first.number("VisibilityTimeout") == 30  # a request keeps the version it read
+        await registry.delete(changed, 1002.0)
+        assert await registry.find("a", "q") is None
+        await registry.create("a", "q", {}, {}, 1100.0)
+        assert (await registry.get("a", "q")).number("VisibilityTimeout") == 30
+
+    asyncio.run(scenario())
