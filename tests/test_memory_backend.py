@@ -319,3 +319,27 @@ async def test_overlong_ids_are_refused_before_anything_is_created() -> None:
     with pytest.raises(ValueError, match="longer than"):
         await b.put_message("a", "q", "x" * 20_000, BODY, 0.0, 0.0, T)
     assert await b.list_accounts(ALL, T) == []
+
+
+async def test_a_queue_emptied_and_refilled_is_not_kept_alive_by_old_deadlines() -> None:
+    """An SQS worker's queue empties after every message, whose retention is days away:
+    neither the expiry schedule nor the unhide report may keep the dropped stores."""
+    import gc
+
+    b = MemoryBackend()
+    far = T + 4 * 86_400
+    for i in range(300):
+        now = T + i / 100
+        await b.put_message("a", "q", f"m{i}", BODY, far + i, 0.0, now)  # wheel and MONO deadlines
+        await b.put_message("a", "q", f"n{i}", BODY, far - i, 0.0, now)
+        taken = await b.update_messages("a", "q", Filter(limit=2), Update(hidden_until=now + 30), now)
+        assert len(taken) == 2
+        for m in taken:
+            assert await b.delete_message("a", "q", m.id, now) is not None
+        assert "a" not in b._accounts  # the queue was dropped when it emptied
+    assert [seg for bucket in b._schedule.buckets.values() for seg in bucket] == []
+    gc.collect()
+    assert not any(isinstance(o, QueueStore) for o in gc.get_objects())
+    # The cleaner still runs past those seconds without trouble.
+    assert await b.clean(far + 400) == []
+    assert await b.count_messages() == 0

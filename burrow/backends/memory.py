@@ -40,10 +40,11 @@ class MemoryBackend(Backend):
     def __init__(self) -> None:
         self._accounts: dict[str, dict[str, QueueStore]] = {}
         self._schedule = Schedule()
-        #: Hide deadlines for the cleaner's wake-ups: second -> queue -> latest deadline
-        #: in that second (one float per queue and second, not per message); a heap
-        #: orders the seconds.
-        self._unhide: dict[int, dict[QueueStore, float]] = {}
+        #: Hide deadlines for the cleaner's wake-ups: second -> (account, queue) -> latest
+        #: deadline in that second (one float per queue and second, not per message); a
+        #: heap orders the seconds. Keyed by name, not by QueueStore, so that a queue
+        #: dropped before its hides end is not kept alive by them.
+        self._unhide: dict[int, dict[tuple[str, str], float]] = {}
         self._unhide_heap: list[int] = []
         self._queue_meta: dict[str, dict[str, bytes]] = {}
 
@@ -86,9 +87,10 @@ class MemoryBackend(Backend):
         if bucket is None:
             bucket = self._unhide[second] = {}
             heapq.heappush(self._unhide_heap, second)
-        latest = bucket.get(q)
+        key = (q.account, q.name)
+        latest = bucket.get(key)
         if latest is None or hidden > latest:
-            bucket[q] = hidden
+            bucket[key] = hidden
 
     # -- accounts ---------------------------------------------------------------
     async def list_accounts(self, filter: Filter, now: float) -> list[str]:
@@ -289,11 +291,12 @@ class MemoryBackend(Backend):
         while heap and heap[0] <= now_second:
             second = heapq.heappop(heap)
             bucket = self._unhide.pop(second)
-            for q in bucket:  # in the current second this may report a queue a little early: harmless
-                if not q.dead:
-                    woken[(q.account, q.name)] = None
+            # In the current second this may report a queue a little early: harmless.
+            for key in bucket:
+                if self._queue(*key) is not None:
+                    woken[key] = None
             if second == now_second and any(latest > now for latest in bucket.values()):
-                later.append((second, {q: latest for q, latest in bucket.items() if latest > now}))
+                later.append((second, {key: latest for key, latest in bucket.items() if latest > now}))
         for second, bucket in later:  # later in this very second: report again next pass
             self._unhide[second] = bucket
             heapq.heappush(heap, second)

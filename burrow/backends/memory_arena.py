@@ -148,42 +148,64 @@ class Segment:
 class Schedule:
     """Which segments have expiry entries due in which second, across all queues.
 
-    ``buckets[second]`` lists segments scheduled then (an entry is stale unless the
-    segment's ``due`` still equals the second); a heap orders the seconds. While the
-    cleaner fires second ``firing`` or earlier, new entries that are already due are
-    deferred to the next pass, so one pass always ends.
+    ``buckets[second]`` holds the segments scheduled then, as an insertion-ordered set; a
+    heap orders the seconds. A segment is in at most one bucket, the one of its ``due``
+    (:meth:`move` and :meth:`discard` keep it so), so a freed segment, and the queue it
+    names, is not kept alive until a deadline it no longer has: a queue emptied and
+    refilled over and over (an SQS worker's queue, whose messages carry days of
+    retention) must not accumulate dead segments. While the cleaner fires second
+    ``firing`` or earlier, new entries that are already due are deferred to the next
+    pass, so one pass always ends.
     """
 
     __slots__ = ("buckets", "deferred", "firing", "heap")
 
     def __init__(self) -> None:
-        self.buckets: dict[int, list[Segment]] = {}
+        self.buckets: dict[int, dict[Segment, None]] = {}
         self.heap: list[int] = []
         self.firing = -1
         self.deferred: list[Segment] = []
 
-    def add(self, second: int, seg: Segment) -> None:
+    def move(self, seg: Segment, second: int) -> None:
+        """Schedule ``seg`` at ``second``, instead of wherever it was scheduled."""
+        if seg.due >= 0:
+            self.discard(seg)
+        seg.due = second
         if second <= self.firing:
             self.deferred.append(seg)
             return
         bucket = self.buckets.get(second)
         if bucket is None:
-            self.buckets[second] = [seg]
+            self.buckets[second] = {seg: None}
             heapq.heappush(self.heap, second)
         else:
-            bucket.append(seg)
+            bucket[seg] = None
+
+    def discard(self, seg: Segment) -> None:
+        """Unschedule ``seg`` (its due becomes -1). The second stays in the heap; :meth:`pop`
+        skips it if its bucket is gone."""
+        bucket = self.buckets.get(seg.due)
+        if bucket is not None:
+            bucket.pop(seg, None)
+            if not bucket:
+                del self.buckets[seg.due]
+        seg.due = -1
 
     def pop(self, now_second: int) -> tuple[int, list[Segment]] | None:
         """The next second due at or before ``now_second`` with its segments (marked firing), or None.
 
-        The caller fires a segment only if its ``due`` still equals the second.
+        The caller fires a segment only if its ``due`` still equals the second (firing an
+        earlier one may have rescheduled or freed it).
         """
         heap = self.heap
-        if not heap or heap[0] > now_second:
-            return None
-        second = heapq.heappop(heap)
-        self.firing = max(self.firing, second)
-        return second, self.buckets.pop(second)
+        while heap and heap[0] <= now_second:
+            second = heapq.heappop(heap)
+            bucket = self.buckets.pop(second, None)
+            if bucket is None:
+                continue  # every segment of it was discarded or moved
+            self.firing = max(self.firing, second)
+            return second, list(bucket)
+        return None
 
     def finish(self, now_second: int) -> None:
         """End a cleaner pass: what was deferred comes due at the next pass."""
@@ -191,5 +213,5 @@ class Schedule:
         deferred, self.deferred = self.deferred, []
         for seg in deferred:
             if not seg.dead and seg.due >= 0:
-                seg.due = now_second
-                self.add(now_second, seg)
+                seg.due = -1  # not in a bucket (it was deferred)
+                self.move(seg, now_second)

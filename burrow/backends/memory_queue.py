@@ -372,7 +372,8 @@ class QueueStore:
         if len(seg.buf) > TAIL_KEEP:
             del seg.buf[TAIL_KEEP:]
         seg.mono_last = 0.0
-        seg.mono_due = seg.due = -1
+        seg.mono_due = -1
+        self.schedule.discard(seg)
         seg.wheel = array("I")
         seg.base = _second(now)
         if self.cur_seg is seg:
@@ -446,7 +447,8 @@ class QueueStore:
             seg.buf = packed
             seg.used = len(packed)
             seg.waste = seg.mono_pos = 0
-            seg.mono_due = seg.due = -1
+            seg.mono_due = -1
+            self.schedule.discard(seg)
             seg.wheel = array("I")
             seg.base = _second(now)
             if self.cur_seg is seg:
@@ -484,8 +486,7 @@ class QueueStore:
             bisect.insort(wheel, entry)
         second = seg.base + d
         if seg.due < 0 or second < seg.due:
-            seg.due = second
-            self.schedule.add(second, seg)
+            self.schedule.move(seg, second)
 
     def _redated(self, seg: Segment, off: int, flags: int, old: float, new: float) -> int:
         """A record's deadline changes from ``old`` to ``new``: see that the cleaner fires for ``new``.
@@ -599,8 +600,7 @@ class QueueStore:
             if second < 0 or first < second:
                 second = first
         if second >= 0 and (seg.due < 0 or second < seg.due):
-            seg.due = second
-            self.schedule.add(second, seg)
+            self.schedule.move(seg, second)
 
     # -- walking ------------------------------------------------------------------
     def _unhidden(self, seg: Segment, off: int, hidden: float) -> None:
@@ -700,9 +700,9 @@ def _delta(seg: Segment, expires: float) -> int:
 
 
 def _retire(seg: Segment) -> None:
-    """Free a segment's memory; schedule entries and stale locations that still name it find it empty."""
+    """Free a segment's memory and unschedule it; stale locations that still name it find it empty."""
     seg.dead = True
     seg.buf = bytearray()
     seg.wheel = array("I")
     seg.prev = seg.next = None
-    seg.due = -1
+    seg.store.schedule.discard(seg)
