@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from burrow.backends import open_backend
-from burrow.backends.sqlite import CLEAN_CHUNK, SCHEMA, SQLiteBackend, _statements
+from burrow.backends.sqlite import CLEAN_CHUNK, SCHEMA, SQLiteBackend, statements
 from burrow.client import Connection
 from burrow.config import Settings
 from burrow.core.errors import StorageUnavailable
@@ -211,32 +211,32 @@ def test_every_request_query_is_an_index_search(tmp_path: Path) -> None:
 
     (count_messages and the startup seq lookup scan by design and are not in the workload.)
     """
-    from burrow.backends import sqlite as impl
+    from burrow.backends.sqlite import store as impl
 
     conn = sqlite3.connect(tmp_path / "plan.db", isolation_level=None)
-    for statement in _statements(SCHEMA):
+    for statement in statements(SCHEMA):
         conn.execute(statement)
-    store = impl._Store(conn)
+    store = impl.Store(conn)
     seen: set[str] = set()
     conn.set_trace_callback(seen.add)
     for i in range(5):
-        impl._put_message(store, "a", "q", f"m{i}", b"x", T + 50, T + 5 if i % 2 else 0.0, T, b"")
-    impl._get_messages(store, "a", "q", Filter(limit=2, marker="m1"), T + 1)
-    impl._get_messages(store, "a", "q", Filter(match_hidden=True, marker="m1"), T + 1)
-    impl._update_messages(store, "a", "q", Filter(limit=1), Update(hidden_until=T + 9), T + 6)
-    impl._update_message(store, "a", "q", "m1", Update(meta=b"z"), T, T + 5)
-    impl._get_message(store, "a", "q", "m2", T)
-    impl._delete_message(store, "a", "q", "m2", T, None)
-    impl._delete_messages(store, "a", "q", Filter(limit=1), T)
-    impl._list_accounts(store, Filter(marker="a"))
-    impl._list_queues(store, "a", Filter(marker="q"))
-    impl._set_queue_meta(store, "a", "q", b"m")
-    impl._list_queue_meta(store, "a")
-    impl._get_queue_meta(store, "a", "q")
-    impl._clean_step(store, T + 20)
-    impl._delete_queues(store, "a", Filter(limit=1))
-    impl._clean_step(store, T + 100)
-    impl._delete_accounts(store, ALL)
+        impl.put_message(store, "a", "q", f"m{i}", b"x", T + 50, T + 5 if i % 2 else 0.0, T, b"")
+    impl.get_messages(store, "a", "q", Filter(limit=2, marker="m1"), T + 1)
+    impl.get_messages(store, "a", "q", Filter(match_hidden=True, marker="m1"), T + 1)
+    impl.update_messages(store, "a", "q", Filter(limit=1), Update(hidden_until=T + 9), T + 6)
+    impl.update_message(store, "a", "q", "m1", Update(meta=b"z"), T, T + 5)
+    impl.get_message(store, "a", "q", "m2", T)
+    impl.delete_message(store, "a", "q", "m2", T, None)
+    impl.delete_messages(store, "a", "q", Filter(limit=1), T)
+    impl.list_accounts(store, Filter(marker="a"))
+    impl.list_queues(store, "a", Filter(marker="q"))
+    impl.set_queue_meta(store, "a", "q", b"m")
+    impl.list_queue_meta(store, "a")
+    impl.get_queue_meta(store, "a", "q")
+    impl.clean_step(store, T + 20)
+    impl.delete_queues(store, "a", Filter(limit=1))
+    impl.clean_step(store, T + 100)
+    impl.delete_accounts(store, ALL)
     conn.set_trace_callback(None)
     checked = 0
     for sql in seen:
