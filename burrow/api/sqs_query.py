@@ -10,6 +10,7 @@ rendered as ``<{Action}Response><{Action}Result>...`` in the 2012-11-05 namespac
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl
@@ -109,7 +110,8 @@ def _tree(params: Mapping[str, str]) -> Tree:
 
 
 def _items(node: object, key: str) -> list[Any]:
-    if not isinstance(node, dict) or not all(k.isdigit() for k in node):
+    # ASCII digits only: str.isdigit() also admits digits int() rejects, such as "\u00b2".
+    if not isinstance(node, dict) or not all(k.isascii() and k.isdigit() for k in node):
         raise invalid(f"Parameter {key} must be numbered: {key}.1, {key}.2, ...")
     return [node[k] for k in sorted(node, key=int)]
 
@@ -150,12 +152,19 @@ def query_params(request: Request) -> tuple[str, Tree]:
 # -- XML rendering ---------------------------------------------------------------------
 
 _ENTITIES = {"\r": "&#xD;", '"': "&quot;"}
+#: Characters XML 1.0 cannot carry at all (not even as character references): control
+#: characters other than tab, CR and LF, lone surrogates, U+FFFE and U+FFFF.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 def _text(value: object) -> str:
+    """``value`` as XML character data; characters XML cannot carry become U+FFFD."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    return escape(str(value), _ENTITIES)
+    text = str(value)
+    if _NOT_XML.search(text) is not None:
+        text = _NOT_XML.sub("\ufffd", text)
+    return escape(text, _ENTITIES)
 
 
 def _element(name: str, value: object, action: str) -> str:

@@ -243,8 +243,8 @@ class Messages:
     ) -> bool:
         """Move a message that exhausted maxReceiveCount to its dead-letter queue (False: no DLQ there)."""
         dlq = await self.queues.find(redrive[0], redrive[1])
-        if dlq is None:
-            return False
+        if dlq is None or (dlq.account, dlq.name) == (queue.account, queue.name):
+            return False  # no DLQ there, or the queue itself (a policy stored before that was refused)
         moved = replace(meta, dlq_source=queue_arn(region, queue.account, queue.name))
         sent = meta.sent / 1000 if meta.sent else now
         expires = sent + dlq.number("MessageRetentionPeriod")

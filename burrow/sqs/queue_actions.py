@@ -184,6 +184,9 @@ async def start_message_move_task(sqs: SqsService, caller: Caller, p: Params) ->
     destination = None
     if destination_arn:
         destination = await _queue_by_arn(sqs, caller, destination_arn, "DestinationArn")
+        if (destination.account, destination.name) == (source.account, source.name):
+            # each move puts the message and then deletes it from the source: the same message
+            raise invalid("The source and destination queues of a message move task must differ.")
     rate = integer(p, "MaxNumberOfMessagesPerSecond", 1, 500)
     handle = await sqs.moves.start(source, source_arn, destination, destination_arn or None, rate)
     return {"TaskHandle": handle}

@@ -132,12 +132,21 @@ class QueueRegistry:
     async def _store(self, account: str, name: str, state: QueueState) -> None:
         await self.backend.set_queue_meta(account, name, state.encode())
 
-    async def check_redrive(self, account: str, fifo: bool, attributes: dict[str, str]) -> None:
-        """A RedrivePolicy must name an existing queue of the same account and kind."""
+    async def check_redrive(self, account: str, name: str, fifo: bool, attributes: dict[str, str]) -> None:
+        """A RedrivePolicy must name another existing queue of the same account and kind.
+
+        Not the queue itself: moving a message "to its dead-letter queue" would then
+        replace it and delete it, losing it.
+        """
         raw = attributes.get("RedrivePolicy")
         if not raw:
             return
         parsed = parse_arn(orjson.loads(raw)["deadLetterTargetArn"])
+        if parsed is not None and parsed[1:] == (account, name):
+            raise invalid(
+                "Value for parameter RedrivePolicy is invalid. Reason: A queue cannot be its own"
+                " dead-letter queue."
+            )
         target = None if parsed is None or parsed[1] != account else await self.find(account, parsed[2])
         if target is None:
             raise invalid(
@@ -154,7 +163,7 @@ class QueueRegistry:
     ) -> None:
         """Create the queue, or accept an identical re-creation (QueueNameExists otherwise)."""
         fifo = attributes.get("FifoQueue") == "true"
-        await self.check_redrive(account, fifo, attributes)
+        await self.check_redrive(account, name, fifo, attributes)
         async with self.lock:
             raw = await self.backend.get_queue_meta(account, name)
             existing = None if raw is None else self._decode(account, name, raw)
@@ -200,7 +209,7 @@ class QueueRegistry:
             "true" if queue.fifo else "false"
         ):
             raise SqsError("InvalidAttributeValue", "FifoQueue cannot be changed after the queue is created.")
-        await self.check_redrive(queue.account, queue.fifo, attributes)
+        await self.check_redrive(queue.account, queue.name, queue.fifo, attributes)
         merged = dict(queue.state.attributes)
         for key, value in attributes.items():
             if value == "" and key in ("RedrivePolicy", "RedriveAllowPolicy", "Policy"):

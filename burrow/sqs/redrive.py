@@ -143,7 +143,7 @@ class MoveTasks:
                 return
             for m in batch:
                 meta = MessageMeta.decode(m.meta)
-                target = destination or await self._origin(meta)
+                target = destination or await self._origin(meta, source)
                 fresh = replace(meta, receive_count=0, first_receive=0, last_receive=0, dlq_source=None)
                 expires = now + target.state.number("MessageRetentionPeriod")
                 await self.backend.put_message(
@@ -161,9 +161,12 @@ class MoveTasks:
                     await asyncio.sleep(1.0 / task.rate)
             await asyncio.sleep(0)
 
-    async def _origin(self, meta: MessageMeta) -> Queue:
+    async def _origin(self, meta: MessageMeta, source: Queue) -> Queue:
         parsed = None if meta.dlq_source is None else parse_arn(meta.dlq_source)
         queue = None if parsed is None else await self.queues.find(parsed[1], parsed[2])
         if queue is None:
             raise SqsError("QueueDoesNotExist", "The source queue of a message no longer exists.")
+        if (queue.account, queue.name) == (source.account, source.name):
+            # moving it onto itself would delete it: fail the task instead
+            raise invalid("The source queue of a message is the dead-letter queue itself.")
         return queue

@@ -33,7 +33,10 @@ _QUEUE_NAME = re.compile(r"[A-Za-z0-9_-]{1,80}")
 _BATCH_ID = re.compile(r"[A-Za-z0-9_-]{1,80}")
 _ATTR_NAME = re.compile(r"[A-Za-z0-9_.-]{1,256}")
 _BAD_BODY_CHAR = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", re.ASCII)
+#: Integers are ASCII digits only (``\d`` alone also matches other scripts' digits).
+_INTEGER = re.compile(r"-?\d{1,12}", re.ASCII)
+_DIGITS = re.compile(r"\d{1,12}", re.ASCII)
 _GROUP_ID = re.compile(r"[!-~]{1,128}")  # alphanumeric and punctuation
 
 #: Numeric queue attributes: (minimum, maximum).
@@ -97,7 +100,7 @@ def integer(value: object, what: str, minimum: int, maximum: int) -> int:
     number: int | None = None
     if type(value) is int:
         number = value
-    elif isinstance(value, str) and re.fullmatch(r"-?\d{1,12}", value.strip()):
+    elif isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
         number = int(value)
     if number is None or not minimum <= number <= maximum:
         raise invalid(
@@ -122,7 +125,7 @@ def queue_attributes(attributes: Mapping[str, object], fifo: bool) -> dict[str, 
         value = raw
         if name in _RANGES:
             lo, hi = _RANGES[name]
-            if not re.fullmatch(r"\d{1,12}", raw) or not lo <= int(raw) <= hi:
+            if not _DIGITS.fullmatch(raw) or not lo <= int(raw) <= hi:
                 raise SqsError(
                     "InvalidAttributeValue",
                     f"Invalid value for the parameter {name}: must be an integer from {lo} to {hi}.",
@@ -166,7 +169,7 @@ def redrive_policy(raw: str) -> str:
             "InvalidAttributeValue",
             "Value for parameter RedrivePolicy is invalid. Reason: Dead-letter target must be a queue ARN.",
         )
-    if isinstance(count, str) and count.isdigit():
+    if isinstance(count, str) and count.isascii() and count.isdigit():  # not "\u00b2", which int() rejects
         count = int(count)
     if type(count) is not int or not 1 <= count <= 1000:
         raise SqsError(

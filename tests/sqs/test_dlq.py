@@ -125,3 +125,37 @@ def test_dlq_must_match_queue_type(sqs: Any, name: str) -> None:
     with pytest.raises(ClientError) as error:
         sqs.create_queue(QueueName=name, Attributes={"RedrivePolicy": policy})
     assert _code(error) == "InvalidParameterValue"
+
+
+def test_a_queue_is_not_its_own_dead_letter_queue(sqs: Any, name: str) -> None:
+    """A self-redrive once deleted the message on the receive that should have moved it."""
+    url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    policy = json.dumps({"deadLetterTargetArn": _arn(sqs, url), "maxReceiveCount": 1})
+    with pytest.raises(ClientError) as error:
+        sqs.set_queue_attributes(QueueUrl=url, Attributes={"RedrivePolicy": policy})
+    assert _code(error) == "InvalidParameterValue"
+    with pytest.raises(ClientError) as error:  # nor at creation: a queue of that name would be it
+        sqs.create_queue(
+            QueueName=name + "-x", Attributes={"RedrivePolicy": policy.replace(name, name + "-x")}
+        )
+    assert _code(error) == "InvalidParameterValue"
+    sqs.send_message(QueueUrl=url, MessageBody="kept")
+    for _ in range(3):
+        (message,) = sqs.receive_message(QueueUrl=url)["Messages"]
+        assert message["Body"] == "kept"
+        sqs.change_message_visibility(
+            QueueUrl=url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+        )
+
+
+def test_move_task_onto_its_source_is_refused(sqs: Any, name: str) -> None:
+    """Moving a DLQ onto itself once deleted every message it moved."""
+    _, dlq = _with_dlq(sqs, name)
+    sqs.send_message(QueueUrl=dlq, MessageBody="kept")
+    dlq_arn = _arn(sqs, dlq)
+    with pytest.raises(ClientError) as error:
+        sqs.start_message_move_task(SourceArn=dlq_arn, DestinationArn=dlq_arn)
+    assert _code(error) == "InvalidParameterValue"
+    assert sqs.list_message_move_tasks(SourceArn=dlq_arn)["Results"] == []
+    (message,) = sqs.receive_message(QueueUrl=dlq)["Messages"]
+    assert message["Body"] == "kept"

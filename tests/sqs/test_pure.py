@@ -19,6 +19,7 @@ from burrow.config import Settings
 from burrow.core.model import Message
 from burrow.http.types import Request
 from burrow.service import Service
+from burrow.sqs import validation
 from burrow.sqs.errors import SqsError
 from burrow.sqs.fifo import FifoState, receivable
 from burrow.sqs.model import Attribute, MessageMeta, Receipt, parse_queue_url
@@ -100,6 +101,23 @@ def test_query_unflattening() -> None:
     assert members == {"QueueUrl": "/acct/queue", "AttributeNames": ["All"]}
     with pytest.raises(SqsError):
         query_params(Request("POST", "/", body=b"Action=CreateQueue&Attribute.x.Name=a"))
+    for index in ("%C2%B2", "%D9%A1"):  # SUPERSCRIPT TWO, ARABIC-INDIC ONE: isdigit() but not 0-9
+        with pytest.raises(SqsError):
+            query_params(Request("POST", "/", body=f"Action=ListQueues&Attribute.{index}.Name=a".encode()))
+
+
+def test_numbers_are_ascii_digits() -> None:
+    """Strict like the v1.0 API: digits of other scripts are not numbers (int() would take most)."""
+    assert validation.integer("7", "X", 0, 10) == 7
+    assert validation.integer(" 7", "X", 0, 10) == 7
+    for value in ("\u0661", "\u00b2", "1\u0661", "\uff17"):
+        with pytest.raises(SqsError):
+            validation.integer(value, "X", 0, 10)
+        with pytest.raises(SqsError):
+            validation.queue_attributes({"DelaySeconds": value}, fifo=False)
+        with pytest.raises(SqsError):
+            validation.message_attributes({"n": {"DataType": "Number", "StringValue": value}})
+    assert validation.message_attributes({"n": {"DataType": "Number", "StringValue": "-1.5e3"}})
 
 
 def test_queue_url_parsing() -> None:

@@ -180,6 +180,18 @@ def test_errors_over_query(server: ThreadedServer, name: str) -> None:
     assert (status, _text(root, "sqs:Error/sqs:Code")) == (400, "MissingParameter")
     status, root = q({"Action": "CreateQueue", "QueueName": name, "Attribute.x.Name": "DelaySeconds"})
     assert (status, _text(root, "sqs:Error/sqs:Code")) == (400, "InvalidParameterValue")
+    # str.isdigit() digits that int() rejects are no index (they once made a 500)
+    status, root = q({"Action": "CreateQueue", "QueueName": name, "Attribute.\u00b2.Name": "DelaySeconds"})
+    assert (status, _text(root, "sqs:Error/sqs:Code")) == (400, "InvalidParameterValue")
+
+
+def test_xml_never_carries_characters_xml_forbids(server: ThreadedServer) -> None:
+    """A control character echoed in an error message (once malformed XML) becomes U+FFFD."""
+    q = Query(server)
+    for method in ("POST", "GET"):
+        status, root = q({"Action": "Frob\x1fnicate\x00"}, method=method)
+        assert (status, _text(root, "sqs:Error/sqs:Code")) == (400, "InvalidAction")
+        assert "Frob\ufffdnicate\ufffd" in _text(root, "sqs:Error/sqs:Message")
 
 
 def test_v1_routes_are_untouched(server: ThreadedServer) -> None:

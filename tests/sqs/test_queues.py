@@ -44,6 +44,16 @@ def test_create_is_idempotent_for_identical_attributes(sqs: Any, name: str) -> N
         ("q", {"QueueArn": "x"}, "InvalidAttributeName"),
         ("q", {"ContentBasedDeduplication": "true"}, "InvalidAttributeName"),
         ("q", {"RedrivePolicy": "not json"}, "InvalidAttributeValue"),
+        # digits of other scripts are not integers (SUPERSCRIPT TWO once made a 500)
+        ("q", {"DelaySeconds": "\u0661"}, "InvalidAttributeValue"),
+        (
+            "q",
+            {
+                "RedrivePolicy": '{"deadLetterTargetArn": "arn:aws:sqs:r:testing:q",'
+                ' "maxReceiveCount": "\u00b2"}'
+            },
+            "InvalidAttributeValue",
+        ),
         (
             "q",
             {
