@@ -250,6 +250,7 @@ class HttpProtocol(asyncio.Protocol):
         "_ctx",
         "_draining",
         "_error",
+        "_error_head",
         "_handler",
         "_hread",
         "_hcount",
@@ -328,6 +329,7 @@ class HttpProtocol(asyncio.Protocol):
         self._closing = False  # no further request will be read
         self._close_after = False  # close once everything before is answered
         self._error: Response | None = None  # answered after everything before, then close
+        self._error_head = False  # the request that failed is a HEAD: its error has no body
         self._lingering = False
         self._draining = False
         self._rejected = False
@@ -675,7 +677,7 @@ class HttpProtocol(asyncio.Protocol):
         out = self._out
         idle = not self._busy and not self._queue
         if idle and self._error is not None:
-            out.append(serialize(self._error, _CLOSE, False, self._state.date))
+            out.append(serialize(self._error, _CLOSE, self._error_head, self._state.date))
         if out:
             transport.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
@@ -704,6 +706,9 @@ class HttpProtocol(asyncio.Protocol):
         if self._error is not None or self._transport is None:
             return
         self._error = error_response(status, code, message)
+        # A request that fails while being parsed may be a HEAD, whose answer has no body.
+        # (llhttp knows the method once the request line's first token is parsed.)
+        self._error_head = self._phase != 0 and self._parser.get_method() == b"HEAD"
         self._closing = self._slow = True
         self._phase = 0
         if run and not self._busy:

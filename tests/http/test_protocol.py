@@ -139,6 +139,16 @@ async def test_head_has_length_but_no_body(serve: Serve, clients: Connect) -> No
     assert reply.json()["path"] == "/next"
 
 
+async def test_a_head_rejected_while_parsing_gets_no_error_body(serve: Serve, clients: Connect) -> None:
+    server = await serve(max_url_bytes=64)
+    client = await clients(server.port)
+    await client.send(b"HEAD /" + b"u" * 100 + b" HTTP/1.1\r\nHost: t\r\n\r\n")
+    head = await client.reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 414 ")
+    assert b"content-length: " in head and b"connection: close" in head
+    assert await asyncio.wait_for(client.reader.read(), 2) == b""  # no body, then the close
+
+
 async def test_no_body_statuses_have_no_content_length(serve: Serve, clients: Connect) -> None:
     server = await serve()
     client = await clients(server.port)
