@@ -22,7 +22,7 @@ _PRAGMA_NAME = re.compile(r"^[a-z_]+$")
 
 
 class SQLiteBackend(Backend):
-    """Durable storage in one SQLite file (or ``:memory:``); see the module docstring."""
+    """Durable storage in one SQLite file (or ``:memory:``); see the package docstring."""
 
     def __init__(self, path: str, fsync: str = "batch", url: str = "") -> None:
         if fsync not in SYNCHRONOUS:
