@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from burrow.bench.procs import ServerProcess, pin
+from burrow.bench.procs import ServerProcess, close_client, pin
 from burrow.bench.workloads import lua_script
 
 #: Below this server CPU share while the generator is (nearly) saturated, the generator is the bottleneck.
@@ -153,15 +153,7 @@ def run_python(
         use = window.stop()
     finally:
         for proc in clients:
-            if proc.stdin is not None:
-                proc.stdin.close()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
+            close_client(proc, 10)
     if not any(r["responses"] for r in results):
         errors = sorted({e for r in results for e in r["errors"]})
         raise RuntimeError(f"no responses for {workload}: {errors}; server log: {list(server.log)[-5:]}")

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from burrow.bench.loadgen import run_python
-from burrow.bench.procs import Control, Placement, start_burrow
+from burrow.bench.procs import Control, Placement, close_client, start_burrow
 from burrow.bench.workloads import ACCOUNT, BODY, prefill_id
 
 
@@ -136,15 +136,7 @@ def measure_longpoll(backend: str, waiters: int, placement: Placement, wait: int
                 raise RuntimeError("long-poll client died")
             data = json.loads(line)
         finally:
-            if proc.stdin is not None:
-                proc.stdin.close()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
+            close_client(proc, 30)
     reply, send = data["from_reply_ms"], data["from_send_ms"]
     return LongPollResult(
         waiters=waiters,

@@ -188,6 +188,20 @@ class ServerProcess:
         self.stop()
 
 
+def close_client(proc: subprocess.Popen[str], timeout: float) -> None:
+    """End a load-generator client: close its stdin (its signal to finish), wait up to
+    ``timeout`` seconds, kill it if it is still running, and close its stdout."""
+    if proc.stdin is not None:
+        proc.stdin.close()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
 def start_burrow(backend: str, cpus: tuple[int, ...] | None, *extra: str) -> ServerProcess:
     """``python -m burrow serve --backend URL --host 127.0.0.1 --port 0``, emptied and ready."""
     argv = [
