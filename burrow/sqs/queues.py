@@ -112,10 +112,8 @@ class QueueRegistry:
         return None if queue.state.deleted else queue
 
     async def get(self, account: str, name: str) -> Queue:
-        # find() inlined: this runs on every message request, and each coroutine frame costs.
-        raw = None if FIFO_SUFFIX in name else await self.backend.get_queue_meta(account, name)
-        queue = None if raw is None else self._queue(account, name, raw)
-        if queue is None or queue.state.deleted:
+        queue = await self.find(account, name)
+        if queue is None:
             raise no_queue()
         return queue
 
