@@ -168,9 +168,8 @@ class Service:
         settings = self.settings
         hide = settings.default_hide if hide is None else hide
         ttl = settings.default_ttl if ttl is None else ttl
-        # deadline() inlined (0 seconds = no deadline): this is the put hot path.
         created = await self.backend.put_message(
-            account, queue, message, body, now + ttl if ttl else 0.0, now + hide if hide else 0.0, now
+            account, queue, message, body, deadline(ttl, now), deadline(hide, now), now
         )
         if not hide and self._waiters:  # checked here: most puts have no waiter anywhere to wake
             self.notify((account, queue))
