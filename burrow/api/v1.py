@@ -149,17 +149,8 @@ def _body_item(m: Message) -> object:
 
 
 def _all(m: Message, now: float) -> dict[str, object]:
-    """One message at ``detail=all`` (what a take returns); a UTF-8 body is built in one step."""
-    try:
-        text = m.body.decode("utf-8")
-    except UnicodeDecodeError:
-        return _body_fields(m.body, _attributes(m, now))
-    return {
-        "id": m.id,
-        "ttl": remaining(m.expires, now),
-        "hide": remaining(m.hidden_until, now),
-        "body": text,
-    }
+    """One message at ``detail=all`` (what a take returns)."""
+    return _body_fields(m.body, _attributes(m, now))
 
 
 _LIST_RENDER: dict[Detail, Callable[[Message, float], object]] = {
