@@ -1,6 +1,6 @@
 """Memory footprint and hot-path speed of a backend, for issue 2 (the compact memory backend).
 
-1. Bytes per stored message: a fresh subprocess measures its RSS (psutil), opens the backend,
+1. Bytes per stored message: a fresh subprocess measures its RSS (``/proc``), opens the backend,
    puts ``--messages`` messages of a 16-byte id and a 100-byte body into one queue with the
    server's default ttl (600 s, so every message has a finite expiry) and no hide, runs the
    garbage collector and reports the RSS growth divided by the message count.
@@ -11,6 +11,11 @@
    ``--rounds`` rounds of ``--ops`` calls (a shared machine's noise only adds time).
    Also reported: the worst single cleaner pass while the whole queue expires (all its
    messages share one deadline second, the worst case for a pass).
+3. FIFO operations against queue size (``--only fifo``): FIFO sends, FIFO claims of 10
+   (each followed by deleting what it took) and counts on a queue of ``--fifo-small``
+   messages and on one of ``--fifo-large`` messages, both spread over ``--fifo-groups``
+   groups with 10 messages in flight, in microseconds per call and as large/small ratios
+   (the target: within 2x).
 
 Usage: ``.venv/bin/python benchmarks/memory_footprint.py --messages 1000000``;
 ``--backend sqlite://:memory:`` for SQLite; ``--factory module:Class`` measures another
@@ -23,17 +28,18 @@ import argparse
 import asyncio
 import gc
 import importlib
+import itertools
 import json
+import os
 import random
 import subprocess
 import sys
 import time
 from typing import Any
 
-import psutil
-
 from burrow.backends import open_backend
 from burrow.backends.base import Backend
+from burrow.bench.procs import process_rss
 from burrow.config import Settings
 from burrow.core.model import Filter, Update
 
@@ -62,7 +68,7 @@ async def fill(backend: Backend, start: int, count: int, now: float) -> None:
 
 
 def rss() -> int:
-    return int(psutil.Process().memory_info().rss)
+    return process_rss(os.getpid())
 
 
 # -- child processes --------------------------------------------------------------------
@@ -142,9 +148,11 @@ async def child_hotpath(args: argparse.Namespace) -> dict[str, Any]:
     )
     # the cleaner while everything expires: worst single pass and total
     worst = spent_all = 0.0
+    since = now
     for second in range(int(TTL) - 2, int(TTL) + 30):
         started = time.perf_counter()
-        await b.clean(now + second)
+        await b.clean(now + second, since)
+        since = now + second
         spent = time.perf_counter() - started
         worst, spent_all = max(worst, spent), spent_all + spent
     out["clean_worst_ms"] = worst * 1e3
@@ -154,13 +162,84 @@ async def child_hotpath(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+async def fifo_case(
+    backend: Backend, queue: str, size: int, groups: int, ops: int, rounds: int
+) -> dict[str, float]:
+    """µs per send, claim-of-10-and-delete step and count on a FIFO queue of ``size`` messages.
+
+    Ten more messages, in groups of their own, stay in flight throughout (blocked groups);
+    every round puts the queue back to its size, untimed.
+    """
+    now = time.time()
+    b, a = backend, ACCOUNT
+    await b.set_queue_meta(a, queue, b"fifo")
+    serial = itertools.count()
+
+    async def send(group: str | None = None) -> None:
+        n = next(serial)
+        mid, dedup = f"{queue}-{n:012d}", f"d{n}"
+        group = f"g{n % groups}" if group is None else group
+        await b.send_message(a, queue, mid, BODY, now + 86_400, 0.0, now, b"", group, dedup, now + 300)
+
+    async def trim(k: int) -> None:  # delete the k oldest visible messages
+        for m in await b.claim(a, queue, k, now + 30, now):
+            await b.delete_message(a, queue, m.id, now)
+
+    for i in range(10):
+        await send(f"busy{i}")
+    assert len(await b.claim(a, queue, 10, now + 86_400, now, fifo=True)) == 10
+    for _ in range(size):
+        await send()
+    gc.collect()
+    steps = max(ops // 10, 1)
+    sends, claims, counts = [], [], []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for _ in range(ops):
+            await send()
+        sends.append((time.perf_counter() - started) / ops)
+        await trim(ops)
+        spent = 0.0
+        for _ in range(steps):
+            started = time.perf_counter()
+            taken = await b.claim(a, queue, 10, now + 30, now, fifo=True)
+            for m in taken:
+                await b.delete_message(a, queue, m.id, now)
+            spent += time.perf_counter() - started
+            assert len(taken) == 10, "the FIFO claim ran dry"
+            for _ in taken:
+                await send()
+        claims.append(spent / steps)
+        started = time.perf_counter()
+        for _ in range(ops):
+            await b.count(a, queue, now)
+        counts.append((time.perf_counter() - started) / ops)
+    size_now = (await b.count(a, queue, now)).visible
+    return {
+        "send": min(sends) * 1e6,
+        "claim10_delete": min(claims) * 1e6,
+        "count": min(counts) * 1e6,
+        "size": size_now,
+    }
+
+
+async def child_fifo(args: argparse.Namespace) -> dict[str, Any]:
+    backend = make_backend(args.backend, args.factory)
+    await backend.open()
+    small = await fifo_case(backend, "small", args.fifo_small, args.fifo_groups, args.ops, args.rounds)
+    large = await fifo_case(backend, "large", args.fifo_large, args.fifo_groups, args.ops, args.rounds)
+    await backend.close()
+    return {"small": small, "large": large}
+
+
 # -- parent -----------------------------------------------------------------------------
 
 
 def run_child(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     argv = [sys.executable, __file__, "--child", mode, "--messages", str(args.messages)]
     argv += ["--backend", args.backend, "--prefill", str(args.prefill), "--ops", str(args.ops)]
-    argv += ["--rounds", str(args.rounds)]
+    argv += ["--rounds", str(args.rounds), "--fifo-small", str(args.fifo_small)]
+    argv += ["--fifo-large", str(args.fifo_large), "--fifo-groups", str(args.fifo_groups)]
     if args.factory:
         argv += ["--factory", args.factory]
     done = subprocess.run(argv, capture_output=True, text=True)
@@ -180,12 +259,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prefill", type=int, default=100_000, help="queue size for the micro-benchmark")
     parser.add_argument("--ops", type=int, default=2_000, help="calls per round of a micro-benchmark")
     parser.add_argument("--rounds", type=int, default=5, help="rounds per micro-benchmark (the best counts)")
-    parser.add_argument("--only", choices=["footprint", "hotpath"], default=None)
-    parser.add_argument("--child", choices=["footprint", "hotpath"], help=argparse.SUPPRESS)
+    parser.add_argument("--fifo-small", type=int, default=100, help="small FIFO queue's size")
+    parser.add_argument("--fifo-large", type=int, default=100_000, help="large FIFO queue's size")
+    parser.add_argument("--fifo-groups", type=int, default=1_000, help="groups of the FIFO queues")
+    parser.add_argument("--only", choices=["footprint", "hotpath", "fifo"], default=None)
+    parser.add_argument("--child", choices=["footprint", "hotpath", "fifo"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        runner = child_footprint if args.child == "footprint" else child_hotpath
-        print(json.dumps(asyncio.run(runner(args))))
+        runners = {"footprint": child_footprint, "hotpath": child_hotpath, "fifo": child_fifo}
+        print(json.dumps(asyncio.run(runners[args.child](args))))
         return
     name = args.factory or args.backend
     if args.only in (None, "footprint"):
@@ -202,6 +284,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{'get_list_100':18} {hp['get_list_100']:7.1f}")
         print(f"cleaner while the prefill expires: worst pass {hp['clean_worst_ms']:.1f} ms, ", end="")
         print(f"total {hp['clean_total_ms']:.1f} ms; left {hp['left_after_clean']}")
+    if args.only in (None, "fifo"):
+        ff = run_child("fifo", args)
+        small, large = ff["small"], ff["large"]
+        print(f"== {name}: FIFO queue of {small['size']:.0f} vs {large['size']:.0f} messages ", end="")
+        print(f"in {args.fifo_groups} groups, µs per backend call ==")
+        for key in ("send", "claim10_delete", "count"):
+            print(f"{key:18} {small[key]:7.2f} {large[key]:7.2f}   x{large[key] / small[key]:.2f}")
 
 
 if __name__ == "__main__":

@@ -12,9 +12,10 @@ keep-alive connection, by ``--connections`` concurrent connections for ``--secon
 * ``moto SQS``: exactly the same SQS requests against ``moto_server`` on loopback.
 
 The two Burrow runs use one ``burrow serve`` process (same backend, ``--backend``), pinned
-to one CPU, the load generator to the other(s). The load is raw asyncio HTTP (stdlib),
-not boto3, which would be the bottleneck. Reported: cycles/s for each and the ratios
-SQS/v1.0 (target >= 0.5) and Burrow SQS / moto (target >= 10).
+to one CPU, the load generator to the other(s). The load is :mod:`burrow.client` (callback-driven
+connections for Burrow, coroutine ones for moto), not boto3, which would be the bottleneck.
+Reported: cycles/s for each and the ratios SQS/v1.0 (target >= 0.5) and Burrow SQS / moto
+(target >= 10).
 
 Usage: ``.venv/bin/python benchmarks/sqs_bench.py`` (~25 s); ``--seconds 10`` for steadier figures.
 """
@@ -33,11 +34,11 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
 
 import orjson
 
 from burrow.bench.procs import Placement, pin, raise_nofile, start_burrow
+from burrow.client import Connection, PipelineProtocol, Span, SyncConnection, connect_many, encode_request
 from burrow.http.server import loop_factory, run
 
 BODY = "b" * 100
@@ -47,56 +48,7 @@ AUTH = (
 )
 
 
-class HttpConnection:
-    """One keep-alive HTTP/1.1 connection with coroutine I/O, reconnecting when the server closes.
-
-    Used for setup and for moto (whose server may answer HTTP/1.0 and close); Burrow's runs use
-    the cheaper callback-driven :class:`CycleConnection`.
-    """
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def request(
-        self, method: str, target: str, headers: dict[str, str], body: bytes = b""
-    ) -> tuple[int, bytes]:
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        assert self.reader is not None
-        head = [
-            f"{method} {target} HTTP/1.1",
-            f"Host: {self.host}:{self.port}",
-            f"Content-Length: {len(body)}",
-        ]
-        head += [f"{k}: {v}" for k, v in headers.items()]
-        self.writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
-        status_line = await self.reader.readline()
-        version, status = status_line.split(b" ", 2)[:2]
-        length, close = 0, version == b"HTTP/1.0"
-        while True:
-            line = await self.reader.readline()
-            if line in (b"\r\n", b""):
-                break
-            name, _, value = line.partition(b":")
-            name = name.strip().lower()
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"connection":
-                close = value.strip().lower() == b"close"
-        data = await self.reader.readexactly(length) if length else b""
-        if close:
-            await self.close()
-        return int(status), data
-
-    async def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = self.reader = None
-
-
-Cycle = Callable[[HttpConnection, int, int], Awaitable[None]]
+Cycle = Callable[[Connection, int, int], Awaitable[None]]
 
 
 def _check(status: int, body: bytes, what: str) -> None:
@@ -121,32 +73,30 @@ def sqs_headers(action: str) -> dict[str, str]:
 
 
 def make_sqs_cycle(urls: list[str]) -> Cycle:
-    async def cycle(conn: HttpConnection, c: int, n: int) -> None:
+    async def cycle(conn: Connection, c: int, n: int) -> None:
         url = urls[c]
         send = orjson.dumps({"QueueUrl": url, "MessageBody": BODY})
-        status, body = await conn.request("POST", "/", sqs_headers("SendMessage"), send)
-        _check(status, body, "SendMessage")
+        reply = await conn.request("POST", "/", send, sqs_headers("SendMessage"))
+        _check(reply.status, reply.body, "SendMessage")
         receive = orjson.dumps({"QueueUrl": url, "MaxNumberOfMessages": 1, "WaitTimeSeconds": 0})
-        status, body = await conn.request("POST", "/", sqs_headers("ReceiveMessage"), receive)
-        _check(status, body, "ReceiveMessage")
-        handle = orjson.loads(body)["Messages"][0]["ReceiptHandle"]
+        reply = await conn.request("POST", "/", receive, sqs_headers("ReceiveMessage"))
+        _check(reply.status, reply.body, "ReceiveMessage")
+        handle = orjson.loads(reply.body)["Messages"][0]["ReceiptHandle"]
         delete = orjson.dumps({"QueueUrl": url, "ReceiptHandle": handle})
-        status, body = await conn.request("POST", "/", sqs_headers("DeleteMessage"), delete)
-        _check(status, body, "DeleteMessage")
+        reply = await conn.request("POST", "/", delete, sqs_headers("DeleteMessage"))
+        _check(reply.status, reply.body, "DeleteMessage")
 
     return cycle
 
 
 async def create_queues(host: str, port: int, count: int, tag: str) -> list[str]:
-    conn = HttpConnection(host, port)
     urls = []
-    for c in range(count):
-        status, body = await conn.request(
-            "POST", "/", sqs_headers("CreateQueue"), orjson.dumps({"QueueName": f"bench-{tag}-{c}"})
-        )
-        _check(status, body, "CreateQueue")
-        urls.append(orjson.loads(body)["QueueUrl"])
-    await conn.close()
+    async with Connection(host=host, port=port) as conn:
+        for c in range(count):
+            body = orjson.dumps({"QueueName": f"bench-{tag}-{c}"})
+            reply = await conn.request("POST", "/", body, sqs_headers("CreateQueue"))
+            _check(reply.status, reply.body, "CreateQueue")
+            urls.append(orjson.loads(reply.body)["QueueUrl"])
     return urls
 
 
@@ -158,7 +108,7 @@ async def drive(host: str, port: int, connections: int, seconds: float, cycle: C
 
     async def loop(c: int) -> None:
         nonlocal done
-        conn = HttpConnection(host, port)
+        conn = Connection(host=host, port=port)
         n = 0
         try:
             while not stop:
@@ -185,9 +135,7 @@ _HANDLE = re.compile(rb'"ReceiptHandle":"([^"]+)"')
 
 
 def raw(method: str, target: str, headers: dict[str, str], body: bytes = b"") -> bytes:
-    head = [f"{method} {target} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}"]
-    head += [f"{k}: {v}" for k, v in headers.items()]
-    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+    return encode_request(method, target, body, headers)
 
 
 class Steps:
@@ -234,66 +182,53 @@ class SqsSteps(Steps):
         return None
 
 
-class CycleConnection(asyncio.Protocol):
+class CycleConnection(PipelineProtocol):
     """Runs cycles back to back on one keep-alive connection, entirely in callbacks (cheap)."""
 
+    wants_spans = True
+
     def __init__(self, steps: Steps, c: int, state: dict[str, float]) -> None:
+        super().__init__()
         self.steps, self.c, self.state = steps, c, state
-        self.buf = b""
         self.step = 0
         self.n = 0
-        self.transport: asyncio.Transport | None = None
         self.idle: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
+        super().connection_made(transport)
+        assert self.transport is not None
         self.transport.write(self.steps.first(self.c, self.n))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.idle.done():
             self.idle.set_result(None)
 
-    def data_received(self, data: bytes) -> None:
-        buf = self.buf + data if self.buf else data
-        head_end = buf.find(b"\r\n\r\n")
-        if head_end < 0:
-            self.buf = buf
-            return
-        at = buf.find(b"ength:", 0, head_end)
-        length = int(buf[at + 6 : buf.find(b"\r\n", at)]) if at >= 0 else 0
-        if len(buf) < head_end + 4 + length:
-            self.buf = buf
-            return
-        self.buf = b""
-        status = int(buf[9:12])
-        if status >= 300:
-            raise RuntimeError(f"step {self.step} failed: {buf[:300]!r}")
-        assert self.transport is not None
-        following = self.steps.after(self.step, self.c, buf[head_end + 4 : head_end + 4 + length])
-        if following is not None:
-            self.step += 1
-            self.transport.write(following)
-            return
-        self.step = 0
-        self.n += 1
-        if self.state["measuring"]:
-            self.state["done"] += 1
-        if self.state["stop"]:
-            self.transport.close()
-            return
-        self.transport.write(self.steps.first(self.c, self.n))
+    def responses(self, count: int, buf: bytes, spans: list[Span] | None) -> None:
+        assert spans is not None and self.transport is not None
+        for code, start, body, end in spans:  # one at a time: the next request waits for it
+            if code[0] != 0x32:  # not 2xx
+                raise RuntimeError(f"step {self.step} failed: {buf[start : start + 300]!r}")
+            following = self.steps.after(self.step, self.c, buf[body:end])
+            if following is not None:
+                self.step += 1
+                self.transport.write(following)
+                continue
+            self.step = 0
+            self.n += 1
+            if self.state["measuring"]:
+                self.state["done"] += 1
+            if self.state["stop"]:
+                self.transport.close()
+                return
+            self.transport.write(self.steps.first(self.c, self.n))
 
 
 async def drive_fast(host: str, port: int, connections: int, seconds: float, steps: Steps) -> float:
     """Like :func:`drive`, with callback-driven connections so that the generator costs less."""
-    loop = asyncio.get_running_loop()
     state = {"measuring": 0.0, "done": 0.0, "stop": 0.0}
     conns = []
     for c in range(connections):
-        _, protocol = await loop.create_connection(
-            functools.partial(CycleConnection, steps, c, state), host, port
-        )
-        conns.append(protocol)
+        conns += await connect_many(host, port, functools.partial(CycleConnection, steps, c, state), 1)
     await asyncio.sleep(min(1.0, seconds / 4))
     state["measuring"], start = 1.0, time.perf_counter()
     await asyncio.sleep(seconds)
@@ -311,8 +246,13 @@ def free_port() -> int:
 
 
 def start_moto(cpus: tuple[int, ...]) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
     exe = Path(sys.executable).with_name("moto_server")
+    if not exe.exists():
+        raise SystemExit(
+            "sqs_bench: moto_server is not installed; pip install 'burrow[bench]' for the moto "
+            "comparison, or pass --skip-moto"
+        )
+    port = free_port()
     proc = subprocess.Popen(
         [str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -320,7 +260,8 @@ def start_moto(cpus: tuple[int, ...]) -> tuple[subprocess.Popen[bytes], int]:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            with SyncConnection(port=port, timeout=5) as conn:
+                conn.request("GET", "/")  # any answer: moto is serving HTTP
             return proc, port
         except OSError:
             time.sleep(0.1)

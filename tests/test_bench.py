@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,10 +40,10 @@ def test_scripts_make_unique_ids_and_split_prefills() -> None:
 def test_worker_script_deletes_what_it_took() -> None:
     worker = make_script("worker", {}, 0, 1)
     assert _line(worker.request()).startswith("POST /v1.0/bench/q?limit=1&hide=60")
-    worker.response(200, b'[{"id": "q000000000000003", "ttl": 5, "hide": 60, "body": "x"}]')
+    worker.response(b"200", b'[{"id": "q000000000000003", "ttl": 5, "hide": 60, "body": "x"}]')
     assert _line(worker.request()) == "DELETE /v1.0/bench/q/q000000000000003 HTTP/1.1"
     mixed = make_script("mixed", {"n": 10, "nread": 10}, 0, 1)
-    mixed.response(200, b'[{"id": "r000000000000001"}]')  # a read of queue r, not a take
+    mixed.response(b"200", b'[{"id": "r000000000000001"}]')  # a read of queue r, not a take
     kinds = [_line(mixed.request()).split()[0] for _ in range(20)]
     assert kinds.count("PUT") == 5 and kinds.count("POST") == 5 and "DELETE" not in kinds
 
@@ -49,6 +53,26 @@ def test_lua_scripts_render(name: str) -> None:
     script = lua_script(name, {"n": 10, "nread": 5}, 2)
     assert "function done(" in script and "BENCHJSON" in script and "local streams = 2" in script
     assert not any(hole in script for hole in ("{n}", "{nread}", "{take}", "{slots}", "{body}"))
+
+
+def test_bench_runs_on_a_plain_install() -> None:
+    """``burrow bench`` (runner, load-generator and echo processes) imports nothing but the
+    standard library and Burrow's own dependencies: no extra is needed."""
+    code = (
+        "import sys; before = set(sys.modules); "
+        "import burrow.bench.runner, burrow.bench.client, burrow.bench.echo, burrow.cli; "
+        "print(' '.join(sorted({m.split('.')[0] for m in set(sys.modules) - before})))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    from_dists = importlib.metadata.packages_distributions()
+    used = {dist.lower() for name in out.split() for dist in from_dists.get(name, [])}
+    required = {
+        re.split(r"[^A-Za-z0-9_.-]", spec, maxsplit=1)[0].lower()
+        for spec in importlib.metadata.requires("burrow") or []
+        if "extra ==" not in spec
+    }
+    assert used - {"burrow"} <= required, used
+    assert {"httptools", "orjson"} <= used  # the check sees third-party imports at all
 
 
 def test_percentile() -> None:
@@ -107,7 +131,7 @@ def test_python_generator_against_real_servers() -> None:
             assert remaining == put.requests - deleted
             if "404" in worker.statuses:
                 assert remaining == taken - deleted  # only the still-hidden last takes are left
-            assert control.request("DELETE", "/v1.0")[0] in (204, 404)
+            assert control.request("DELETE", "/v1.0").status in (204, 404)
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not installed")
@@ -121,13 +145,13 @@ def test_wrk_worker_cycle() -> None:
         result = run_wrk(server, "worker", {"n": 5000}, connections=4, duration=1, cpus=placement.client)
         assert result.requests > 0
         with Control(server.port) as control:
-            assert control.request("DELETE", "/v1.0")[0] in (204, 404)
+            assert control.request("DELETE", "/v1.0").status in (204, 404)
 
 
 def test_runner_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench.json"
     argv = ["--modes", "pipelined", "--duration", "0.3", "--workloads", "root", "--pipeline", "10"]
-    argv += ["--memory-messages", "2000", "--longpoll-waiters", "20", "--json", str(out)]
+    argv += ["--memory-messages", "20000", "--longpoll-waiters", "20", "--json", str(out)]
     assert main(argv) == 0
     data = json.loads(out.read_text())
     assert [r["workload"] for r in data["throughput"]] == ["echo", "root"]
@@ -135,7 +159,7 @@ def test_runner_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         assert result["rps"] > 0 and result["bad"] == 0 and set(result["statuses"]) == {"200"}
     assert data["throughput"][1]["ratio"] > 0
     memory = data["memory"]
-    assert memory["stored"] == 2000 and memory["bad"] == 0 and memory["rss_after"] > memory["rss_before"]
+    assert memory["stored"] == 20000 and memory["bad"] == 0 and memory["rss_after"] > memory["rss_before"]
     longpoll = data["longpoll"]
     assert longpoll["woken"] == 20 and longpoll["early"] == 0
     assert longpoll["put_statuses"] == {"201": 20} and longpoll["waiter_statuses"] == {"200": 20}

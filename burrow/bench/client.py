@@ -1,9 +1,10 @@
 """The Python load generator, run as a subprocess: ``python -m burrow.bench.client`` (config on stdin).
 
 Protocol on stdin/stdout: the first stdin line is a JSON config; the client connects, prints
-``ready``, waits for a ``go`` line, runs, and prints one JSON result line. Raw sockets, requests
-pre-built per batch, responses counted by reading Content-Length; ``depth`` requests are written
-at once per connection (1 = wrk-style request/response, 100 = the 2011 pipelined method).
+``ready``, waits for a ``go`` line, runs, and prints one JSON result line. Connections are
+:class:`burrow.client.PipelineProtocol` (callbacks, no coroutine per request; responses framed by
+the shared client code); ``depth`` requests are written at once per connection (1 = wrk-style
+request/response, 100 = the 2011 pipelined method).
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import json
 import os
 import sys
 import time
-from typing import Any, cast
+from typing import Any
 
 from burrow.bench.procs import raise_nofile
-from burrow.bench.workloads import Script, make_script
+from burrow.bench.workloads import Script, Static, make_script
+from burrow.client import PipelineProtocol, Span, connect_many, encode_request
 from burrow.http.server import run
 
 
@@ -25,12 +27,13 @@ class Stats:
 
     def __init__(self) -> None:
         self.responses = 0
-        self.statuses: dict[int, int] = {}
+        #: Responses by status code as on the wire (b"200").
+        self.statuses: dict[bytes, int] = {}
         self.last = 0.0
         self.errors: list[str] = []
 
 
-class LoadConnection(asyncio.Protocol):
+class LoadConnection(PipelineProtocol):
     """Keep ``depth`` requests in flight until the deadline or the script ends.
 
     Depth 1 is request/response; deeper pipelines are topped up once half of them are answered,
@@ -38,16 +41,14 @@ class LoadConnection(asyncio.Protocol):
     """
 
     def __init__(self, script: Script, depth: int, stats: Stats, done: asyncio.Future[None]) -> None:
+        super().__init__(stats.statuses)
         self.script, self.depth, self.stats, self.done = script, depth, stats, done
-        self.wants_body = script.wants_body
-        self.transport: asyncio.Transport | None = None
-        self.buf = b""
+        self.wants_spans = script.wants_body
+        #: A script that always sends the same request: a batch is that request repeated.
+        self.static = script.data if isinstance(script, Static) else None
         self.outstanding = 0
         self.deadline = 0.0
         self.finished = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.finished:
@@ -64,6 +65,11 @@ class LoadConnection(asyncio.Protocol):
         self._send()
 
     def _send(self) -> None:
+        if self.static is not None and self.transport is not None:
+            n = self.depth - self.outstanding
+            self.outstanding += n
+            self.transport.write(self.static * n)
+            return
         batch: list[bytes] = []
         request = self.script.request
         for _ in range(self.depth - self.outstanding):
@@ -78,31 +84,13 @@ class LoadConnection(asyncio.Protocol):
             self.outstanding += len(batch)
             self.transport.write(b"".join(batch))
 
-    def data_received(self, data: bytes) -> None:
-        buf = self.buf + data if self.buf else data
-        pos, size = 0, len(buf)
-        statuses = self.stats.statuses
-        got = 0
-        while True:
-            head_end = buf.find(b"\r\n\r\n", pos)
-            if head_end < 0:
-                break
-            status = int(buf[pos + 9 : pos + 12])
-            at = buf.find(b"ength:", pos, head_end)  # Content-Length / content-length
-            length = int(buf[at + 6 : buf.find(b"\r\n", at, head_end + 2)]) if at >= 0 else 0
-            end = head_end + 4 + length
-            if end > size:
-                break
-            statuses[status] = statuses.get(status, 0) + 1
-            if self.wants_body:
-                self.script.response(status, buf[head_end + 4 : end])
-            got += 1
-            pos = end
-        self.buf = buf[pos:] if pos < size else b""
-        if not got:
-            return
-        self.stats.responses += got
-        self.outstanding -= got
+    def responses(self, count: int, buf: bytes, spans: list[Span] | None) -> None:
+        if spans is not None:
+            response = self.script.response
+            for code, _, body, end in spans:
+                response(code, buf[body:end])
+        self.stats.responses += count
+        self.outstanding -= count
         if self.outstanding <= self.depth // 2:
             now = time.perf_counter()
             self.stats.last = max(self.stats.last, now)
@@ -114,18 +102,6 @@ class LoadConnection(asyncio.Protocol):
 
 async def _read_line() -> str:
     return await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-
-
-async def _connect(port: int, factory: Any, count: int, chunk: int = 500) -> list[Any]:
-    """Open ``count`` connections, ``chunk`` at a time (so the listen backlog never overflows)."""
-    loop = asyncio.get_running_loop()
-    protocols: list[Any] = []
-    for first in range(0, count, chunk):
-        pairs = await asyncio.gather(
-            *(loop.create_connection(factory, "127.0.0.1", port) for _ in range(min(chunk, count - first)))
-        )
-        protocols.extend(protocol for _, protocol in pairs)
-    return protocols
 
 
 async def run_load(config: dict[str, Any]) -> dict[str, Any]:
@@ -145,7 +121,7 @@ async def run_load(config: dict[str, Any]) -> dict[str, Any]:
         i = next(made)
         return LoadConnection(scripts[i], config["depth"], stats, dones[i])
 
-    conns: list[LoadConnection] = await _connect(config["port"], factory, connections)
+    conns = await connect_many("127.0.0.1", config["port"], factory, connections)
     print("ready", flush=True)
     await _read_line()
     cpu0, start = time.process_time(), time.perf_counter()
@@ -160,57 +136,45 @@ async def run_load(config: dict[str, Any]) -> dict[str, Any]:
             conn.transport.close()
     return {
         "responses": stats.responses,
-        "statuses": {str(k): v for k, v in sorted(stats.statuses.items())},
+        "statuses": {k.decode(): v for k, v in sorted(stats.statuses.items())},
         "elapsed": max(end - start, 1e-9),
         "cpu": cpu,
         "errors": stats.errors[:5],
     }
 
 
-class Waiter(asyncio.Protocol):
-    """One long-poll GET; records when (and with which status) its response arrives."""
+class Waiter(PipelineProtocol):
+    """One long-poll GET; records when its response starts arriving, and its status."""
+
+    wants_spans = True
 
     def __init__(self) -> None:
-        self.buf = b""
+        super().__init__()
         self.at = 0.0
         self.status = 0
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
 
     def data_received(self, data: bytes) -> None:
         if not self.at:
             self.at = time.perf_counter()
-        self.buf += data
-        if not self.status and len(self.buf) >= 12:
-            self.status = int(self.buf[9:12])
+        super().data_received(data)
+
+    def responses(self, count: int, buf: bytes, spans: list[Span] | None) -> None:
+        if not self.status and spans:
+            self.status = int(spans[0][0])
 
 
-class Waker(asyncio.Protocol):
+class Waker(PipelineProtocol):
     """Sends one PUT at a time on a keep-alive connection; each response resolves ``reply``."""
 
+    wants_spans = True
+
     def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.buf = b""
+        super().__init__()
         self.reply: asyncio.Future[int] | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        head_end = self.buf.find(b"\r\n\r\n")
-        if head_end < 0:
-            return
-        at = self.buf.find(b"ength:", 0, head_end)
-        length = int(self.buf[at + 6 : self.buf.find(b"\r\n", at)]) if at >= 0 else 0
-        if len(self.buf) < head_end + 4 + length:
-            return
-        status = int(self.buf[9:12])
-        self.buf = self.buf[head_end + 4 + length :]
-        if self.reply is not None and not self.reply.done():
-            self.reply.set_result(status)
+    def responses(self, count: int, buf: bytes, spans: list[Span] | None) -> None:
+        if spans and self.reply is not None and not self.reply.done():
+            self.reply.set_result(int(spans[-1][0]))
 
 
 async def run_longpoll(config: dict[str, Any]) -> dict[str, Any]:
@@ -218,17 +182,17 @@ async def run_longpoll(config: dict[str, Any]) -> dict[str, Any]:
 
     Wake latency is measured from the PUT's response (and, as an upper bound, from the PUT's send).
     """
-    from burrow.bench.workloads import ACCOUNT, BODY, request_bytes
+    from burrow.bench.workloads import ACCOUNT, BODY
 
     loop = asyncio.get_running_loop()
     n: int = config["waiters"]
     wait: int = config["wait"]
     t0 = time.perf_counter()
-    waiters: list[Waiter] = await _connect(config["port"], Waiter, n)
+    waiters = await connect_many("127.0.0.1", config["port"], Waiter, n)
     for i, waiter in enumerate(waiters):
         assert waiter.transport is not None
-        waiter.transport.write(request_bytes("GET", f"/v1.0/{ACCOUNT}/lp{i}?wait={wait}"))
-    _, waker = await loop.create_connection(Waker, "127.0.0.1", config["port"])
+        waiter.transport.write(encode_request("GET", f"/v1.0/{ACCOUNT}/lp{i}?wait={wait}"))
+    [waker] = await connect_many("127.0.0.1", config["port"], Waker, 1)
     print(json.dumps({"connected_s": time.perf_counter() - t0}), flush=True)
     await _read_line()  # the runner says go once the server has gone idle (all waits registered)
     early = sum(1 for w in waiters if w.at)
@@ -240,7 +204,7 @@ async def run_longpoll(config: dict[str, Any]) -> dict[str, Any]:
         waker.reply = loop.create_future()
         sent.append(time.perf_counter())
         assert waker.transport is not None
-        waker.transport.write(request_bytes("PUT", f"/v1.0/{ACCOUNT}/lp{i}/w{i:015d}", BODY))
+        waker.transport.write(encode_request("PUT", f"/v1.0/{ACCOUNT}/lp{i}/w{i:015d}", BODY))
         status = await waker.reply
         replied.append(time.perf_counter())
         statuses[status] = statuses.get(status, 0) + 1

@@ -105,7 +105,8 @@ class LongPollResult:
 
 def measure_longpoll(backend: str, waiters: int, placement: Placement, wait: int = 60) -> LongPollResult:
     """One server holds ``waiters`` ``GET /v1.0/bench/lp<i>?wait=N`` (one queue each); PUTs wake them."""
-    extra = ["--max-wait", str(wait), "--max-connections", str(waiters + 100)]
+    limit = str(waiters + 100)  # the waiters all come from one address
+    extra = ["--max-wait", str(wait), "--max-connections", limit, "--max-connections-per-client", limit]
     with start_burrow(backend, placement.server, *extra) as server:
         server.wait_idle()
         rss_idle = server.rss()

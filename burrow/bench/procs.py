@@ -1,9 +1,14 @@
-"""The processes under test: start a Burrow or echo server, pin it, await readiness, measure it."""
+"""The processes under test: start a Burrow or echo server, pin it, await readiness, measure it.
+
+CPU time and memory are read from ``/proc`` (the benchmark pins processes with
+``sched_setaffinity``, so it is Linux-only anyway), so ``burrow bench`` needs nothing beyond a
+plain install.
+"""
 
 from __future__ import annotations
 
 import collections
-import http.client
+import json
 import os
 import re
 import resource
@@ -13,9 +18,11 @@ import threading
 import time
 from dataclasses import dataclass
 
-import psutil
+from burrow.client import SyncConnection
 
 _READY = re.compile(r"listening on http://([^:\s]+):(\d+)")
+_TICK = os.sysconf("SC_CLK_TCK")  # the unit of /proc's CPU times
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def raise_nofile(wanted: int = 1 << 20) -> int:
@@ -55,13 +62,30 @@ def pin(pid: int, cpus: tuple[int, ...]) -> None:
 
 
 def _busy(cpus: tuple[int, ...]) -> float:
-    """CPU seconds spent not idle on ``cpus`` since boot (all processes)."""
-    per_cpu = psutil.cpu_times(percpu=True)
-    total = 0.0
-    for cpu in cpus:
-        t = per_cpu[cpu]
-        total += float(sum(t)) - float(t.idle) - float(getattr(t, "iowait", 0.0))
-    return total
+    """CPU seconds spent not idle on ``cpus`` since boot (all processes), from ``/proc/stat``."""
+    wanted = {f"cpu{cpu}" for cpu in cpus}
+    total = 0
+    with open("/proc/stat") as fh:
+        for line in fh:
+            name, *ticks = line.split()
+            if name in wanted:
+                # user nice system idle iowait irq softirq steal [guest guest_nice, already in user]
+                user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, ticks[:8])
+                total += user + nice + system + irq + softirq + steal
+    return total / _TICK
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds process ``pid`` has used (``/proc/PID/stat``)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def process_rss(pid: int) -> int:
+    """Resident memory of process ``pid`` in bytes (``/proc/PID/statm``)."""
+    with open(f"/proc/{pid}/statm") as fh:
+        return int(fh.read().split()[1]) * _PAGE
 
 
 @dataclass(frozen=True)
@@ -92,7 +116,7 @@ class CpuWindow:
 
 
 class ServerProcess:
-    """A server subprocess (Burrow or echo) that logged its address; measured with psutil."""
+    """A server subprocess (Burrow or echo) that logged its address; measured through ``/proc``."""
 
     def __init__(
         self, argv: list[str], cpus: tuple[int, ...] | None, what: str, timeout: float = 30.0
@@ -105,7 +129,6 @@ class ServerProcess:
         self.cpus = tuple(cpus) if cpus is not None else tuple(sorted(os.sched_getaffinity(0)))
         if cpus is not None:
             pin(self.proc.pid, cpus)
-        self.ps = psutil.Process(self.proc.pid)
         self.log: collections.deque[str] = collections.deque(maxlen=200)
         self.host, self.port = self._await_ready(timeout)
         self._drain = threading.Thread(target=self._drain_stderr, daemon=True)
@@ -139,11 +162,10 @@ class ServerProcess:
 
     def cpu_seconds(self) -> float:
         """User + system CPU seconds the server process has used so far."""
-        times = self.ps.cpu_times()
-        return float(times.user + times.system)
+        return process_cpu_seconds(self.proc.pid)
 
     def rss(self) -> int:
-        return int(self.ps.memory_info().rss)
+        return process_rss(self.proc.pid)
 
     def window(self, client_cpus: tuple[int, ...]) -> CpuWindow:
         """Start measuring CPU use (see :class:`CpuWindow`)."""
@@ -232,38 +254,22 @@ def start_echo(cpus: tuple[int, ...] | None) -> ServerProcess:
     return ServerProcess([sys.executable, "-m", "burrow.bench.echo", "--port", "0"], cpus, "echo server")
 
 
-class Control:
-    """A small keep-alive HTTP client for setup and checks (not for load)."""
+class Control(SyncConnection):
+    """A keep-alive HTTP client for setup and checks (not for load)."""
 
     def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 60.0) -> None:
-        self.conn = http.client.HTTPConnection(host, port, timeout=timeout)
-
-    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
-        self.conn.request(method, path, body=body)
-        response = self.conn.getresponse()
-        return response.status, response.read()
+        super().__init__(host=host, port=port, timeout=timeout)
 
     def count_messages(self, account: str, queue: str) -> int:
         """Count a queue's messages, hidden ones included, paging by marker."""
-        import json
-
         total, marker = 0, ""
         while True:
             path = f"/v1.0/{account}/{queue}?detail=id&match_hidden=true&limit=1000"
-            status, body = self.request("GET", path + (f"&marker={marker}" if marker else ""))
-            if status == 404:
+            reply = self.request("GET", path + (f"&marker={marker}" if marker else ""))
+            if reply.status == 404:
                 return total
-            if status != 200:
-                raise RuntimeError(f"GET {path}: {status} {body[:200]!r}")
-            ids = json.loads(body)
+            if reply.status != 200:
+                raise RuntimeError(f"GET {path}: {reply.status} {reply.body[:200]!r}")
+            ids = json.loads(reply.body)
             total += len(ids)
             marker = ids[-1]
-
-    def close(self) -> None:
-        self.conn.close()
-
-    def __enter__(self) -> Control:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from burrow.client import encode_request
+
 ACCOUNT = "bench"
 #: The 100-byte message body (ASCII, so it is a JSON string on the way out).
 BODY = (b"0123456789abcdefghijklmnopqrstuvwxyz" * 3)[:100]
@@ -24,14 +26,6 @@ _ID = re.compile(rb'"id":\s*"([^"]+)"')
 def prefill_id(queue: str, index: int) -> str:
     """The id of the ``index``-th prefilled message of ``queue``: its first letter, then 15 digits."""
     return f"{queue[0]}{index:015d}"
-
-
-def request_bytes(method: str, path: str, body: bytes = b"") -> bytes:
-    """One HTTP/1.1 request; PUT and POST always carry a Content-Length."""
-    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-    if body or method in ("PUT", "POST"):
-        head += f"Content-Length: {len(body)}\r\n"
-    return head.encode() + b"\r\n" + body
 
 
 @dataclass(frozen=True)
@@ -92,14 +86,24 @@ class Script(Protocol):
     def request(self) -> bytes | None:
         """The next request, or None when this stream has nothing more to send."""
 
-    def response(self, status: int, body: bytes) -> None: ...
+    def response(self, code: bytes, body: bytes) -> None:
+        """A response to this stream (``code`` as on the wire: ``b"200"``), for scripts that
+        set ``wants_body``."""
 
 
 class _Base:
     wants_body = False
 
-    def response(self, status: int, body: bytes) -> None:
+    def response(self, code: bytes, body: bytes) -> None:
         pass
+
+
+def template(method: str, path: str, body: bytes = b"") -> tuple[bytes, bytes]:
+    """A request encoded once and split at the end of ``path``: a script sends
+    ``prefix + suffix + tail`` with a varying path suffix (an id) and no per-request encoding."""
+    hole = "\x00"
+    prefix, tail = encode_request(method, path + hole, body).split(hole.encode())
+    return prefix, tail
 
 
 class Static(_Base):
@@ -114,34 +118,34 @@ class Put(_Base):
     """Unique ids ``p<stream:03><counter:012>``."""
 
     def __init__(self, stream: int, queue: str = "q") -> None:
-        self.prefix = f"PUT /v1.0/{ACCOUNT}/{queue}/p{stream % 1000:03d}"
-        self.tail = f" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(BODY)}\r\n\r\n".encode() + BODY
+        self.prefix, self.tail = template("PUT", f"/v1.0/{ACCOUNT}/{queue}/p{stream % 1000:03d}", BODY)
         self.counter = 0
 
     def request(self) -> bytes | None:
         self.counter += 1
-        return f"{self.prefix}{self.counter:012d}".encode() + self.tail
+        return b"%s%012d%s" % (self.prefix, self.counter, self.tail)
 
 
 class Fill(_Base):
     """PUT prefill ids ``stream, stream + streams, ...`` below ``n``, then stop."""
 
     def __init__(self, queue: str, n: int, stream: int, streams: int) -> None:
-        self.queue = queue
+        self.prefix, self.tail = template("PUT", f"/v1.0/{ACCOUNT}/{queue}/{queue[0]}", BODY)
         self.indices = iter(range(stream, n, streams))
 
     def request(self) -> bytes | None:
         index = next(self.indices, None)
         if index is None:
             return None
-        return request_bytes("PUT", f"/v1.0/{ACCOUNT}/{self.queue}/{prefill_id(self.queue, index)}", BODY)
+        return b"%s%015d%s" % (self.prefix, index, self.tail)  # the id is prefill_id(queue, index)
 
 
 class ById(_Base):
     """``method`` on prefilled ids in stream order; at ``n`` wraps around, or ends (``wrap=False``)."""
 
     def __init__(self, method: str, queue: str, n: int, stream: int, streams: int, wrap: bool) -> None:
-        self.method, self.queue, self.n, self.wrap = method, queue, max(n, 1), wrap
+        self.n, self.wrap = max(n, 1), wrap
+        self.prefix, self.tail = template(method, f"/v1.0/{ACCOUNT}/{queue}/{queue[0]}")
         self.index, self.step = stream, streams
 
     def request(self) -> bytes | None:
@@ -152,7 +156,7 @@ class ById(_Base):
         else:
             index = self.index
         self.index += self.step
-        return request_bytes(self.method, f"/v1.0/{ACCOUNT}/{self.queue}/{prefill_id(self.queue, index)}")
+        return b"%s%015d%s" % (self.prefix, index, self.tail)  # the id is prefill_id(queue, index)
 
 
 class Worker(_Base):
@@ -165,15 +169,16 @@ class Worker(_Base):
 
     def __init__(self) -> None:
         self.pending: list[bytes] = []
-        self.take = request_bytes("POST", TAKE_PATH)
+        self.take = encode_request("POST", TAKE_PATH)
+        self.delete, self.delete_tail = template("DELETE", f"/v1.0/{ACCOUNT}/q/")
 
     def request(self) -> bytes | None:
         if self.pending:
-            return request_bytes("DELETE", f"/v1.0/{ACCOUNT}/q/{self.pending.pop().decode()}")
+            return self.delete + self.pending.pop() + self.delete_tail
         return self.take
 
-    def response(self, status: int, body: bytes) -> None:
-        if status == 200:
+    def response(self, code: bytes, body: bytes) -> None:
+        if code == b"200":
             found = _ID.search(body)
             if found and not found.group(1).startswith(b"r"):
                 self.pending.append(found.group(1))
@@ -189,7 +194,7 @@ class Mixed(Worker):
         super().__init__()
         self.put = Put(stream)
         self.read = ById("GET", "r", nread, stream, streams, wrap=True)
-        self.get_queue = request_bytes("GET", f"/v1.0/{ACCOUNT}/r?limit=1")
+        self.get_queue = encode_request("GET", f"/v1.0/{ACCOUNT}/r?limit=1")
         self.slot = stream % len(MIXED_SLOTS)
 
     def request(self) -> bytes | None:
@@ -200,7 +205,7 @@ class Mixed(Worker):
         if kind == "take":
             return self.take
         if kind == "del" and self.pending:
-            return request_bytes("DELETE", f"/v1.0/{ACCOUNT}/q/{self.pending.pop().decode()}")
+            return self.delete + self.pending.pop() + self.delete_tail
         if kind == "getq":
             return self.get_queue
         return self.read.request()
@@ -212,12 +217,12 @@ def make_script(name: str, params: dict[str, int], stream: int, streams: int) ->
     if name.startswith("fill:"):
         return Fill(name[5:], n, stream, streams)
     makers: dict[str, Callable[[], Script]] = {
-        "echo": lambda: Static(request_bytes("GET", "/")),
-        "root": lambda: Static(request_bytes("GET", "/")),
+        "echo": lambda: Static(encode_request("GET", "/")),
+        "root": lambda: Static(encode_request("GET", "/")),
         "put": lambda: Put(stream),
-        "get_queue": lambda: Static(request_bytes("GET", GET_QUEUE_PATH)),
+        "get_queue": lambda: Static(encode_request("GET", GET_QUEUE_PATH)),
         "get_message": lambda: ById("GET", "q", n, stream, streams, wrap=True),
-        "take": lambda: Static(request_bytes("POST", TAKE_PATH)),
+        "take": lambda: Static(encode_request("POST", TAKE_PATH)),
         "delete": lambda: ById("DELETE", "q", n, stream, streams, wrap=False),
         "worker": Worker,
         "mixed": lambda: Mixed(stream, streams, params.get("nread", 1)),
