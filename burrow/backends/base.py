@@ -30,14 +30,24 @@ Rules every method keeps:
   a lock (SQS receives and receipt handles are built on it).
 * Queue metadata (:meth:`Backend.set_queue_meta`) is a separate namespace for
   front ends whose queues exist while empty (SQS); it does not make a queue appear in
-  :meth:`Backend.list_queues`, which lists only queues holding messages.
+  :meth:`Backend.list_queues`, which lists only queues holding messages. Its writes
+  can be compare-and-set (:meth:`Backend.swap_queue_meta`), so several processes
+  sharing a store update one document without a lock.
+* Per-message data beside the deadlines (``Message.receives``, ``first_received``,
+  ``group``, ``sequence``) is kept by every write except a replacing
+  :meth:`Backend.put_message`, which resets it (a replaced message is a new message
+  in the old position). :meth:`Backend.claim` is the only operation that counts a
+  receive; :meth:`Backend.send_message` the only one that sets group and sequence.
+* A queue's FIFO state (its sequence counter and deduplication records) lives with
+  its queue metadata and is removed when the metadata is removed; deduplication
+  records stop counting at their ``dedup_until`` and :meth:`Backend.clean` drops them.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from burrow.core.model import Filter, Message, Update
+from burrow.core.model import Counts, Filter, Message, Sent, Update
 
 
 class Backend(ABC):
@@ -125,9 +135,95 @@ class Backend(ABC):
 
     @abstractmethod
     async def delete_message(
-        self, account: str, queue: str, message: str, now: float, expect_hidden_until: float | None = None
+        self,
+        account: str,
+        queue: str,
+        message: str,
+        now: float,
+        expect_hidden_until: float | None = None,
+        expect_receives: int | None = None,
     ) -> Message | None:
-        """Delete one message; return it as it was. None if absent or the expectation fails."""
+        """Delete one message; return it as it was.
+
+        None if absent, or if an expectation is given and fails (then nothing changes):
+        ``expect_hidden_until`` against the stored deadline, ``expect_receives`` against
+        ``Message.receives`` (an SQS receipt handle names the receive it came from).
+        """
+
+    # -- worker operations (SQS receive, FIFO send, dead-letter moves) -----------
+    @abstractmethod
+    async def claim(
+        self, account: str, queue: str, limit: int, hidden_until: float, now: float, fifo: bool = False
+    ) -> list[Message]:
+        """Take up to ``limit`` visible messages in order and hide them until ``hidden_until``.
+
+        Each taken message gets ``receives + 1`` and, on its first claim,
+        ``first_received = now``; they are returned as updated. One atomic call, so two
+        claims never take the same message and a receive is one round trip.
+
+        With ``fifo`` the queue's messages are taken by group (``Message.group``, ""
+        being a group too): a group is *blocked* while any of its unexpired messages is
+        hidden, and a blocked group gives nothing. Visible messages of unblocked groups
+        are taken in queue order, so one claim may take several consecutive messages of
+        a group. Backends find unblocked groups without reading the whole queue.
+        """
+
+    @abstractmethod
+    async def send_message(
+        self,
+        account: str,
+        queue: str,
+        message: str,
+        body: bytes,
+        expires: float,
+        hidden_until: float,
+        now: float,
+        meta: bytes,
+        group: str,
+        dedup: str | None,
+        dedup_until: float,
+    ) -> Sent:
+        """Create a message with the queue's next sequence number, deduplicated (FIFO sends).
+
+        If ``dedup`` is given and a record for it is live (its ``dedup_until`` > now),
+        nothing is stored and the earlier send's id and sequence come back with
+        ``created=False``. Otherwise the message is created (last in order; ``message``
+        is a new id) with ``group`` and ``sequence`` = the queue's counter + 1 (counters
+        start at 1 and never go back while the queue's metadata exists), and ``dedup``,
+        when given, is recorded until ``dedup_until``. Atomic as one call.
+        """
+
+    @abstractmethod
+    async def move_message(
+        self,
+        account: str,
+        queue: str,
+        message: str,
+        to_account: str,
+        to_queue: str,
+        expires: float,
+        now: float,
+        meta: bytes | None = None,
+        receives: int | None = None,
+        expect_receives: int | None = None,
+    ) -> Message | None:
+        """Move one message to another queue (dead-letter redrive, move tasks).
+
+        Deletes it from (account, queue) if it is there, unexpired and (when given) its
+        ``receives`` equals ``expect_receives``, and creates it in (to_account,
+        to_queue) under the same id, last in order (replacing a message of that id
+        there), visible, with ``expires``, the same body, group and sequence, ``meta``
+        when given (else the old meta), and ``receives`` as given (a dead-letter move
+        keeps the count of the deliveries made) with ``first_received`` kept, or,
+        with ``receives`` None or 0, both reset to 0 (a fresh start). Returns the message as stored at the
+        destination, or None when nothing moved. Atomic where the backend can do it;
+        a backend that cannot copies first and deletes second (a crash between leaves
+        two copies, never none) and says so in its docstring.
+        """
+
+    @abstractmethod
+    async def count(self, account: str, queue: str, now: float) -> Counts:
+        """The queue's messages by state, without reading every message."""
 
     # -- queue metadata ---------------------------------------------------------
     @abstractmethod
@@ -139,16 +235,29 @@ class Backend(ABC):
         """Store (or with None, remove) the queue's metadata. New entries go last in order."""
 
     @abstractmethod
+    async def swap_queue_meta(
+        self, account: str, queue: str, expect: bytes | None, meta: bytes | None
+    ) -> bool:
+        """Compare-and-set: store ``meta`` (None removes) only if the stored value equals ``expect``.
+
+        ``expect`` None means "absent". Returns whether the write happened. A new entry
+        goes last in order; a replaced one keeps its place.
+        """
+
+    @abstractmethod
     async def list_queue_meta(self, account: str) -> list[tuple[str, bytes]]:
         """(queue, metadata) for every queue of the account that has metadata, in creation order."""
 
     # -- housekeeping -----------------------------------------------------------
     @abstractmethod
-    async def clean(self, now: float) -> list[tuple[str, str]]:
-        """Remove expired messages and the queues and accounts left empty.
+    async def clean(self, now: float, since: float) -> list[tuple[str, str]]:
+        """Remove expired messages (and dedup records) and the queues and accounts left empty.
 
-        Returns the (account, queue) pairs in which a message has become visible
-        since the previous call (its hide ran out), so the service can wake waiters.
+        Returns the (account, queue) pairs holding a message whose hide ran out in
+        ``(since, now]``, so the engine can wake waiters. The answer depends only on the
+        stored deadlines, not on earlier calls, so several cleaners may share a store; a
+        pair may be reported up to one pass late (at ``now`` of the next call), never
+        missed while its message is still hidden-then-visible and unexpired.
         """
 
     async def count_messages(self) -> int:

@@ -9,27 +9,63 @@ driven by one shared schedule (:mod:`memory_queue`). A message of a 16-byte id a
 about 150 bytes of process memory instead of about 210 as dict entries (see
 ``benchmarks/memory_footprint.py``).
 
+Per-message data beyond the deadlines (receives, first claim, FIFO group and sequence)
+lives in a packed prefix of a record's meta, flagged EXTRA, only in records that have
+it (or whose front end stored meta, to leave room for a claim). Each queue keeps a
+sorted ledger of its records' hide deadlines (a count is two bisections, and the
+cleaner's report is checked against it) and, once it holds grouped messages, a group
+index (a FIFO claim looks only at the groups it takes); see :mod:`memory_index`. A
+queue's FIFO state (sequence counter, deduplication records) lives beside its metadata.
+
 Everything runs on the event loop with no awaits inside a method, so each method is
-atomic. Housekeeping is incremental: a cleaner pass costs the deadlines that come due,
-never a scan of a queue.
+atomic (a move included). Housekeeping is incremental: a cleaner pass costs the
+deadlines that come due, never a scan of a queue; a count reads its queue's expired
+records that the cleaner has not deleted yet, without deleting them (a marker may still
+name one).
 """
 
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_right, insort
 from collections.abc import Mapping
 
 from burrow.backends.base import Backend
-from burrow.backends.memory_arena import F64, FAR, MAX_ID_BYTES, OFF_BITS, OFF_MASK, REC, Schedule, Segment
+from burrow.backends.memory_arena import (
+    EXTRA,
+    F64,
+    FAR,
+    MAX_ID_BYTES,
+    NO_EXTRA,
+    OFF_BITS,
+    OFF_MASK,
+    REC,
+    Schedule,
+    Segment,
+)
 from burrow.backends.memory_index import M64
 from burrow.backends.memory_queue import QueueStore
-from burrow.core.model import Filter, Message, Update
+from burrow.core.model import Counts, Filter, Message, Sent, Update
 
 #: At most about this many expired records are deleted per cleaner pass (well under
 #: 0.1 s of work); the rest wait for the next pass. Expired records are invisible
 #: meanwhile, so a burst of expiries (a million messages put in the same second) holds
 #: memory a little longer instead of stalling the event loop.
 CLEAN_BUDGET = 20_000
+#: The cleaner's report keeps hide deadlines this many seconds past the start of its
+#: window, so a caller looking back a little further than its last pass still sees them.
+UNHIDE_KEEP = 120.0
+
+
+class FifoState:
+    """A queue's FIFO send state: the last sequence number and the deduplication records."""
+
+    __slots__ = ("counter", "dedup")
+
+    def __init__(self) -> None:
+        self.counter = 0
+        #: key -> (message id, sequence, dedup_until)
+        self.dedup: dict[str, tuple[str, int, float]] = {}
 
 
 class MemoryBackend(Backend):
@@ -40,13 +76,17 @@ class MemoryBackend(Backend):
     def __init__(self) -> None:
         self._accounts: dict[str, dict[str, QueueStore]] = {}
         self._schedule = Schedule()
-        #: Hide deadlines for the cleaner's wake-ups: second -> (account, queue) -> latest
-        #: deadline in that second (one float per queue and second, not per message); a
-        #: heap orders the seconds. Keyed by name, not by QueueStore, so that a queue
-        #: dropped before its hides end is not kept alive by them.
-        self._unhide: dict[int, dict[tuple[str, str], float]] = {}
-        self._unhide_heap: list[int] = []
+        #: Candidates for the cleaner's report: second -> the (account, queue) pairs that got
+        #: a hide deadline in that second (not one entry per message), checked against the
+        #: queue's ledger when reported; ``_unhide_seconds`` lists the seconds in order. Keyed
+        #: by name, not by QueueStore, so that a dropped queue is not kept alive by them.
+        self._unhide: dict[int, dict[tuple[str, str], None]] = {}
+        self._unhide_seconds: list[int] = []
         self._queue_meta: dict[str, dict[str, bytes]] = {}
+        self._fifo: dict[tuple[str, str], FifoState] = {}
+        #: When deduplication records run out: second -> (account, queue, key), heap-ordered.
+        self._dedup_due: dict[int, list[tuple[str, str, str]]] = {}
+        self._dedup_heap: list[int] = []
 
     # -- helpers ----------------------------------------------------------------
     @staticmethod
@@ -69,6 +109,16 @@ class MemoryBackend(Backend):
         queues = self._accounts.get(account)
         return None if queues is None else queues.get(queue)
 
+    def _store(self, account: str, queue: str) -> QueueStore:
+        """The queue, created (last in order) if absent."""
+        queues = self._accounts.get(account)
+        if queues is None:
+            queues = self._accounts[account] = {}
+        q = queues.get(queue)
+        if q is None:
+            q = queues[queue] = QueueStore(account, queue, self._schedule)
+        return q
+
     def _drop_if_empty(self, q: QueueStore) -> None:
         if q.live or q.dead:
             return
@@ -78,19 +128,20 @@ class MemoryBackend(Backend):
             del self._accounts[q.account]
         q.release()
 
-    def _hidden_until(self, q: QueueStore, hidden: float, now: float) -> None:
-        """Remember that a message of ``q`` becomes visible at ``hidden``, for the cleaner's report."""
-        if hidden <= now or hidden >= FAR:
+    def _hidden_until(self, q: QueueStore, hidden: float) -> None:
+        """Note that a message of ``q`` has the hide deadline ``hidden``, for the cleaner's report."""
+        if hidden >= FAR:
             return
         second = int(hidden)
         bucket = self._unhide.get(second)
         if bucket is None:
             bucket = self._unhide[second] = {}
-            heapq.heappush(self._unhide_heap, second)
-        key = (q.account, q.name)
-        latest = bucket.get(key)
-        if latest is None or hidden > latest:
-            bucket[key] = hidden
+            seconds = self._unhide_seconds
+            if not seconds or second > seconds[-1]:
+                seconds.append(second)
+            else:
+                insort(seconds, second)
+        bucket[q.account, q.name] = None
 
     # -- accounts ---------------------------------------------------------------
     async def list_accounts(self, filter: Filter, now: float) -> list[str]:
@@ -139,8 +190,8 @@ class MemoryBackend(Backend):
         for seg, off in q.select(filter.marker, filter.limit, filter.match_hidden, now):
             q.update(seg, off, update)
             out.append(q.snapshot(seg, off))
-        if out and update.hidden_until is not None:
-            self._hidden_until(q, update.hidden_until, now)
+        if out and update.hidden_until:
+            self._hidden_until(q, update.hidden_until)
         return out
 
     async def delete_messages(self, account: str, queue: str, filter: Filter, now: float) -> list[Message]:
@@ -191,9 +242,12 @@ class MemoryBackend(Backend):
         q = queues.get(queue)
         if q is None:
             q = queues[queue] = QueueStore(account, queue, self._schedule)
-        created = q.put(idb, expires, hidden_until, meta, body, now)
-        if hidden_until > now:
-            self._hidden_until(q, hidden_until, now)
+        if meta:  # a front end's message: room for its receive count
+            created = q.put(idb, expires, hidden_until, NO_EXTRA + meta, body, now, EXTRA)
+        else:
+            created = q.put(idb, expires, hidden_until, meta, body, now)
+        if hidden_until > 0:
+            self._hidden_until(q, hidden_until)
         return created
 
     async def update_message(
@@ -217,12 +271,18 @@ class MemoryBackend(Backend):
         if 0 < expires <= now or (expect_hidden_until is not None and hidden != expect_hidden_until):
             return None
         q.update(seg, off, update)
-        if update.hidden_until is not None:
-            self._hidden_until(q, update.hidden_until, now)
+        if update.hidden_until:
+            self._hidden_until(q, update.hidden_until)
         return q.snapshot(seg, off, message)
 
     async def delete_message(
-        self, account: str, queue: str, message: str, now: float, expect_hidden_until: float | None = None
+        self,
+        account: str,
+        queue: str,
+        message: str,
+        now: float,
+        expect_hidden_until: float | None = None,
+        expect_receives: int | None = None,
     ) -> Message | None:
         queues = self._accounts.get(account)
         q = None if queues is None else queues.get(queue)
@@ -230,11 +290,17 @@ class MemoryBackend(Backend):
             return None
         idb = message.encode("utf-8", "surrogatepass")
         h = hash(idb) & M64
-        if expect_hidden_until is not None:
+        if expect_hidden_until is not None or expect_receives is not None:
             loc = q.index.get(idb, h)
-            if loc < 0 or F64.unpack_from(q.slots[loc >> OFF_BITS].buf, ((loc & OFF_MASK) << 2) + 9)[0] != (
-                expect_hidden_until
+            if loc < 0:
+                return None
+            seg, off = q.at(loc)
+            if (
+                expect_hidden_until is not None
+                and F64.unpack_from(seg.buf, off + 9)[0] != expect_hidden_until
             ):
+                return None
+            if expect_receives is not None and q.receives(seg, off) != expect_receives:
                 return None
         loc = q.index.pop(idb, h)
         if loc < 0:
@@ -248,25 +314,157 @@ class MemoryBackend(Backend):
                 self._drop_if_empty(q)
         return None if 0 < found.expires <= now else found
 
+    # -- worker operations ------------------------------------------------------
+    async def claim(
+        self, account: str, queue: str, limit: int, hidden_until: float, now: float, fifo: bool = False
+    ) -> list[Message]:
+        q = self._queue(account, queue)
+        if q is None or limit <= 0:
+            return []
+        names: list[str] = []
+        if not fifo:
+            positions = q.select(None, limit, False, now)
+        elif q.groups is None:  # one group, "": blocked while any unexpired message is hidden
+            hidden = q.hidden[0].above(now) + q.hidden[1].above(now)
+            if hidden:
+                _, claimed, never = q.expired(now)
+                if hidden > claimed + never:
+                    return []
+            positions = q.select(None, limit, False, now)
+        else:
+            positions, names = q.fifo_select(limit, now)
+        out = [q.claim_at(seg, off, hidden_until, now) for seg, off in positions]
+        if names and q.groups is not None:
+            q.groups.settle(names, now)
+        if out and hidden_until > 0:
+            self._hidden_until(q, hidden_until)
+        return out
+
+    async def send_message(
+        self,
+        account: str,
+        queue: str,
+        message: str,
+        body: bytes,
+        expires: float,
+        hidden_until: float,
+        now: float,
+        meta: bytes,
+        group: str,
+        dedup: str | None,
+        dedup_until: float,
+    ) -> Sent:
+        key = (account, queue)
+        state = self._fifo.get(key)
+        if state is None:
+            state = self._fifo[key] = FifoState()
+        if dedup is not None:
+            earlier = state.dedup.get(dedup)
+            if earlier is not None and earlier[2] > now:
+                return Sent(earlier[0], earlier[1], False)
+        idb = message.encode("utf-8", "surrogatepass")
+        if len(idb) > MAX_ID_BYTES:
+            raise ValueError(f"message id longer than {MAX_ID_BYTES} bytes")
+        if len(group.encode("utf-8", "surrogatepass")) > 0xFFFF:
+            raise ValueError("message group longer than 65535 bytes")
+        q = self._store(account, queue)
+        sequence = state.counter + 1
+        q.append(idb, expires, hidden_until, meta, body, now, 0, 0.0, group, sequence)
+        state.counter = sequence
+        if dedup is not None and dedup_until > now:
+            state.dedup[dedup] = (message, sequence, dedup_until)
+            self._dedup_at(int(dedup_until) if dedup_until < FAR else 1 << 52, account, queue, dedup)
+        if hidden_until > 0:
+            self._hidden_until(q, hidden_until)
+        return Sent(message, sequence, True)
+
+    def _dedup_at(self, second: int, account: str, queue: str, key: str) -> None:
+        due = self._dedup_due.get(second)
+        if due is None:
+            due = self._dedup_due[second] = []
+            heapq.heappush(self._dedup_heap, second)
+        due.append((account, queue, key))
+
+    async def move_message(
+        self,
+        account: str,
+        queue: str,
+        message: str,
+        to_account: str,
+        to_queue: str,
+        expires: float,
+        now: float,
+        meta: bytes | None = None,
+        receives: int | None = None,
+        expect_receives: int | None = None,
+    ) -> Message | None:
+        src = self._queue(account, queue)
+        if src is None:
+            return None
+        idb = message.encode("utf-8", "surrogatepass")
+        h = hash(idb) & M64
+        loc = src.index.get(idb, h)
+        if loc < 0:
+            return None
+        seg, off = src.at(loc)
+        old = src.snapshot(seg, off, message)
+        if 0 < old.expires <= now or (expect_receives is not None and old.receives != expect_receives):
+            return None
+        src.index.pop(idb, h)
+        src.erase(seg, off)
+        src.maintain(seg, now)
+        self._drop_if_empty(src)
+        dst = self._store(to_account, to_queue)
+        first = old.first_received if receives else 0.0
+        receives = receives or 0
+        meta = old.meta if meta is None else meta
+        seg, off = dst.append(
+            idb, expires, 0.0, meta, old.body, now, receives, first, old.group, old.sequence
+        )
+        return dst.snapshot(seg, off, message)
+
+    async def count(self, account: str, queue: str, now: float) -> Counts:
+        q = self._queue(account, queue)
+        if q is None:
+            return Counts()
+        visible, claimed, never = q.expired(now)  # still in the ledger and in ``live``
+        in_flight = q.hidden[1].above(now) - claimed
+        delayed = q.hidden[0].above(now) - never
+        return Counts(q.live - visible - claimed - never - in_flight - delayed, in_flight, delayed)
+
     # -- queue metadata ---------------------------------------------------------
     async def get_queue_meta(self, account: str, queue: str) -> bytes | None:
         metas = self._queue_meta.get(account)
         return None if metas is None else metas.get(queue)
 
     async def set_queue_meta(self, account: str, queue: str, meta: bytes | None) -> None:
-        metas = self._queue_meta.setdefault(account, {})
+        self._set_meta(account, queue, meta)
+
+    async def swap_queue_meta(
+        self, account: str, queue: str, expect: bytes | None, meta: bytes | None
+    ) -> bool:
+        metas = self._queue_meta.get(account)
+        if (None if metas is None else metas.get(queue)) != expect:
+            return False
+        self._set_meta(account, queue, meta)
+        return True
+
+    def _set_meta(self, account: str, queue: str, meta: bytes | None) -> None:
         if meta is None:
-            metas.pop(queue, None)
-            if not metas:
-                del self._queue_meta[account]
+            self._fifo.pop((account, queue), None)  # the FIFO state goes with the metadata
+            metas = self._queue_meta.get(account)
+            if metas is not None:
+                metas.pop(queue, None)
+                if not metas:
+                    del self._queue_meta[account]
         else:
-            metas[queue] = meta
+            self._queue_meta.setdefault(account, {})[queue] = meta
 
     async def list_queue_meta(self, account: str) -> list[tuple[str, bytes]]:
         return list(self._queue_meta.get(account, {}).items())
 
     # -- housekeeping -----------------------------------------------------------
-    async def clean(self, now: float) -> list[tuple[str, str]]:
+    async def clean(self, now: float, since: float) -> list[tuple[str, str]]:
         now_second = int(now) if now < FAR else 1 << 52
         schedule = self._schedule
         touched: dict[QueueStore, None] = {}
@@ -286,20 +484,56 @@ class MemoryBackend(Backend):
         schedule.finish(now_second)
         for q in touched:
             self._drop_if_empty(q)
-        woken: dict[tuple[str, str], None] = {}
-        heap, later = self._unhide_heap, []
+        self._clean_dedup(now, now_second)
+        return self._woken(now, since)
+
+    def _clean_dedup(self, now: float, now_second: int) -> None:
+        """Drop the deduplication records whose ``dedup_until`` has passed (only those due)."""
+        heap, due_at, fifo = self._dedup_heap, self._dedup_due, self._fifo
+        budget = CLEAN_BUDGET
         while heap and heap[0] <= now_second:
-            second = heapq.heappop(heap)
-            bucket = self._unhide.pop(second)
-            # In the current second this may report a queue a little early: harmless.
-            for key in bucket:
-                if self._queue(*key) is not None:
+            second = heap[0]
+            entries = due_at[second]
+            later = []
+            while entries and budget > 0:
+                entry = entries.pop()
+                budget -= 1
+                state = fifo.get(entry[:2])
+                record = None if state is None else state.dedup.get(entry[2])
+                if state is None or record is None:
+                    continue  # the FIFO state went with its metadata, or the key was renewed
+                if record[2] <= now:
+                    del state.dedup[entry[2]]
+                elif int(record[2]) == second:  # later in this very second: the next pass
+                    later.append(entry)
+            if entries or later:  # out of budget, or only later records left in this second
+                entries += later
+                return
+            heapq.heappop(heap)
+            del due_at[second]
+
+    def _woken(self, now: float, since: float) -> list[tuple[str, str]]:
+        """The queues holding a record whose hide deadline is in ``(since, now]``.
+
+        The candidates are the queues noted in the seconds the window covers, each checked
+        against its ledger (a bisection); a candidate with no deadline left in its second is
+        forgotten. Seconds more than UNHIDE_KEEP before ``since`` are dropped.
+        """
+        seconds, buckets = self._unhide_seconds, self._unhide
+        drop = bisect_right(seconds, since - UNHIDE_KEEP - 1)
+        if drop:
+            for second in seconds[:drop]:
+                del buckets[second]
+            del seconds[:drop]
+        woken: dict[tuple[str, str], None] = {}
+        for second in seconds[bisect_right(seconds, since - 1) : bisect_right(seconds, now)]:
+            bucket = buckets[second]
+            for key in list(bucket):
+                q = self._queue(*key)
+                if q is None or not q.hidden_in(second, second + 1):
+                    del bucket[key]  # gone, or its deadlines in this second have all changed
+                elif key not in woken and q.hidden_between(since, now):
                     woken[key] = None
-            if second == now_second and any(latest > now for latest in bucket.values()):
-                later.append((second, {key: latest for key, latest in bucket.items() if latest > now}))
-        for second, bucket in later:  # later in this very second: report again next pass
-            self._unhide[second] = bucket
-            heapq.heappush(heap, second)
         return list(woken)
 
     async def count_messages(self) -> int:

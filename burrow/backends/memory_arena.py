@@ -9,7 +9,7 @@ are addressed by a 32-bit *location*::
 
 Record layout (little-endian, at a 4-byte aligned offset)::
 
-    +0   u8   flags         LIVE | FORWARD | MONO; a dead record is rewritten as a FILLER
+    +0   u8   flags         LIVE | FORWARD | MONO | EXTRA; a dead record becomes a FILLER
     +1   f64  expires       absolute, 0 = never (floats are stored exactly)
     +9   f64  hidden_until  absolute, 0 = visible
     +17  u16  meta length   (0 when FORWARD)
@@ -17,6 +17,11 @@ Record layout (little-endian, at a 4-byte aligned offset)::
     +21  u16  id length
     +23  id (UTF-8), meta, body; meta + body take at least 4 bytes so any record can be
          turned into a FORWARD record in place; then zero padding to a multiple of 4.
+
+EXTRA marks a record whose meta (inline or out of line) starts with the per-message data
+of :class:`~burrow.core.model.Message` beyond the deadlines, packed as :data:`XS`
+(receives u32, first_received f64, sequence u64, group length u16) then the group
+(UTF-8); a plain v1.0 record has no EXTRA and pays nothing for them.
 
 A FILLER is a gap the walk skips: ``+0 u8 FILLER, +1 u16 extent`` (extent >= 4). Deleting
 a record turns it into one; so does the tail of a record that a replacement shrank.
@@ -41,6 +46,7 @@ LIVE = 1
 FORWARD = 2
 FILLER = 4
 MONO = 8
+EXTRA = 16
 
 #: flags, expires, hidden_until, meta length, body length, id length.
 REC = struct.Struct("<BddHHH")
@@ -52,6 +58,10 @@ F64 = struct.Struct("<d")
 U16 = struct.Struct("<H")
 U32 = struct.Struct("<I")
 FILL = struct.Struct("<BH")
+#: The EXTRA prefix of a record's meta: receives, first_received, sequence, group length.
+XS = struct.Struct("<IdQH")
+#: The prefix of a record whose per-message data is all default (EXTRA reserved for claims).
+NO_EXTRA = XS.pack(0, 0.0, 0, 0)
 
 SEG_MAX = 1 << 16  # a segment never grows past 64 KiB: offsets fit in 16 bits
 SEG_MIN = 256  # a new queue's first segment starts this small and doubles
@@ -155,7 +165,9 @@ class Schedule:
     refilled over and over (an SQS worker's queue, whose messages carry days of
     retention) must not accumulate dead segments. While the cleaner fires second
     ``firing`` or earlier, new entries that are already due are deferred to the next
-    pass, so one pass always ends.
+    pass, so one pass always ends. Scheduling also lowers the queue's ``exp_min`` (none
+    of its segments is due before that second), so a count or a FIFO claim can expire
+    that one queue's due records first, and skip it outright when nothing is due.
     """
 
     __slots__ = ("buckets", "deferred", "firing", "heap")
@@ -171,6 +183,9 @@ class Schedule:
         if seg.due >= 0:
             self.discard(seg)
         seg.due = second
+        store = seg.store
+        if second < store.exp_min:
+            store.exp_min = second
         if second <= self.firing:
             self.deferred.append(seg)
             return

@@ -25,11 +25,18 @@ growth step; a table whose tags are down to TAG_MIN bits is rebuilt from the rec
 (ids hashed again), once per 16-fold growth. Sub-tables stop doubling at MAX_CAP slots
 and split instead, so no rebuild touches more than MAX_CAP entries (about a
 millisecond) however big the queue is.
+
+Beside it each queue keeps its records' hide deadlines in sorted :class:`Deadlines`
+(for counts and the cleaner's report) and, once it holds grouped messages, a
+:class:`Groups` index that finds the claimable FIFO groups without reading the queue.
 """
 
 from __future__ import annotations
 
 from array import array
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable
+from heapq import heapify, heappop, heappush
 
 from burrow.backends.memory_arena import ID_AT, LEN_AT, OFF_BITS, OFF_MASK, Segment
 
@@ -302,3 +309,268 @@ class Index:
     def tables(self) -> list[tuple[int, int, int]]:
         """(capacity, live entries, tag bits) of each sub-table, for tests and statistics."""
         return [(t.mask + 1, t.live, t.tbits) for t in self._tables()]
+
+
+# -- hide deadlines and FIFO groups ---------------------------------------------------------
+
+
+class Deadlines:
+    """A sorted multiset of floats (hide deadlines) in one ``array('d')`` with a movable front.
+
+    The live values are ``a[start:]``. An add or a remove shifts whichever side of its
+    position is shorter (one C memmove), so the usual patterns, deadlines added near the
+    end and removed near either end, cost O(log n).
+    """
+
+    __slots__ = ("a", "start")
+
+    def __init__(self, values: list[float] | None = None) -> None:
+        self.a = array("d", sorted(values) if values else ())
+        self.start = 0
+
+    def __len__(self) -> int:
+        return len(self.a) - self.start
+
+    def last(self) -> float:
+        """The largest value, or 0.0 when empty."""
+        a = self.a
+        return a[-1] if len(a) > self.start else 0.0
+
+    def above(self, x: float) -> int:
+        """How many values are greater than ``x``."""
+        a = self.a
+        return len(a) - bisect_right(a, x, self.start)
+
+    def add(self, x: float) -> None:
+        a, start = self.a, self.start
+        if len(a) == start or x >= a[-1]:  # the usual case: a deadline later than all others
+            a.append(x)
+            return
+        i = bisect_right(a, x, start)
+        if start and i - start < len(a) - i:  # shift the front left by one
+            a[start - 1 : i - 1] = a[start:i]
+            a[i - 1] = x
+            self.start = start - 1
+        else:
+            a.insert(i, x)
+
+    def remove(self, x: float) -> None:
+        """Remove one copy of ``x`` (which must be present)."""
+        a, start = self.a, self.start
+        if a[start] == x:  # the earliest (or all equal): move the front
+            start += 1
+            if start == len(a):
+                del a[:]
+                start = 0
+            elif start > 64 and start * 2 > len(a):
+                del a[:start]
+                start = 0
+            self.start = start
+            return
+        if a[-1] == x:
+            del a[-1]
+            return
+        i = bisect_left(a, x, start)
+        j = bisect_right(a, x, i)
+        assert j > i, "deadline missing from its ledger"
+        if i - start < len(a) - j:  # shift the front right over the copy at i
+            a[start + 1 : i + 1] = a[start:i]
+            start += 1
+            if start > 64 and start * 2 > len(a):
+                del a[:start]
+                start = 0
+            self.start = start
+        else:
+            del a[j - 1]
+
+
+def block_until(hidden: float, expires: float) -> float:
+    """Until when a message with these deadlines blocks its FIFO group (0: it does not).
+
+    A hidden message blocks until its hide runs out, or until it expires if that is earlier.
+    """
+    return expires if 0 < expires < hidden else hidden
+
+
+class Group:
+    """The messages of one FIFO group in queue order: order numbers and ids from ``start``.
+
+    ``until`` holds the :func:`block_until` times (> 0) of its messages: the group is
+    blocked at ``now`` while ``until.last() > now``.
+    """
+
+    __slots__ = ("ords", "ids", "start", "until")
+
+    def __init__(self) -> None:
+        self.ords = array("q")
+        self.ids: list[str | None] = []
+        self.start = 0
+        self.until = Deadlines()
+
+    def head(self) -> int:
+        return self.ords[self.start]
+
+
+class Groups:
+    """The group index of a queue that holds grouped messages, for FIFO claims.
+
+    Every message of the queue (group "" included) has an order number, growing with queue
+    order (``order``: id -> number), and sits in its :class:`Group`. Two lazy heaps find
+    the claimable groups without looking at the others: ``ready`` holds ``(head order
+    number, group)`` and ``blocked`` holds ``(time it stops blocking, group)``. An entry is
+    checked when it comes up: a ``ready`` entry whose head has changed is dropped, one
+    whose group turned out blocked moves to ``blocked``, and a ``blocked`` entry whose
+    deadline passed goes back to ``ready``. Every change that can make a group claimable
+    earlier than its entries say (a new head, a block shortened or removed) pushes a fresh
+    ``ready`` entry; the heaps are rebuilt when stale entries outnumber the groups. The
+    methods take :func:`block_until` times where they say ``until``.
+    """
+
+    __slots__ = ("next", "order", "groups", "ready", "blocked")
+
+    def __init__(self) -> None:
+        self.next = 0
+        self.order: dict[str, int] = {}
+        self.groups: dict[str, Group] = {}
+        self.ready: list[tuple[int, str]] = []
+        self.blocked: list[tuple[float, str]] = []
+
+    def add(self, mid: str, group: str, until: float) -> None:
+        """A message appended last to the queue."""
+        n = self.next
+        self.next = n + 1
+        self.insert(mid, group, until, n)
+
+    def insert(self, mid: str, group: str, until: float, n: int) -> None:
+        """Put a message with order number ``n`` into its group."""
+        self.order[mid] = n
+        g = self.groups.get(group)
+        if g is None:
+            g = self.groups[group] = Group()
+        ords = g.ords
+        if not ords or n > ords[-1]:
+            i = len(ords)
+            ords.append(n)
+            g.ids.append(mid)
+        else:
+            i = bisect_left(ords, n, g.start)
+            ords.insert(i, n)
+            g.ids.insert(i, mid)
+        if until > 0:
+            g.until.add(until)
+        if i == g.start:
+            self._push_ready(g, group)
+
+    def remove(self, mid: str, group: str, until: float) -> int:
+        """Take a message out of its group; return its order number."""
+        n = self.order.pop(mid)
+        g = self.groups[group]
+        ords, start = g.ords, g.start
+        head = ords[start] == n
+        if head:
+            g.ids[start] = None
+            start += 1
+            if start == len(ords):
+                del self.groups[group]
+                return n
+            if start > 16 and start * 2 > len(ords):
+                del ords[:start]
+                del g.ids[:start]
+                start = 0
+            g.start = start
+        else:
+            i = bisect_left(ords, n, start)
+            del ords[i]
+            del g.ids[i]
+        was = g.until.last()
+        if until > 0:
+            g.until.remove(until)
+        if head or g.until.last() < was:
+            self._push_ready(g, group)
+        return n
+
+    def reblock(self, group: str, old: float, new: float) -> None:
+        """A message of ``group`` blocks until ``new`` instead of ``old``."""
+        if old == new:
+            return
+        g = self.groups[group]
+        until = g.until
+        was = until.last()
+        if old > 0:
+            until.remove(old)
+        if new > 0:
+            until.add(new)
+        if until.last() < was:
+            self._push_ready(g, group)
+
+    def _push_ready(self, g: Group, group: str) -> None:
+        heappush(self.ready, (g.head(), group))
+        if len(self.ready) > 2 * len(self.groups) + 64:
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        self.ready = [(g.head(), name) for name, g in self.groups.items()]
+        heapify(self.ready)
+        self.blocked = []
+
+    def select(self, limit: int, now: float, take: Callable[[str], bool]) -> list[str]:
+        """Offer a FIFO claim at ``now`` the messages of the unblocked groups in queue order.
+
+        ``take(id)`` says whether it took the message (False: it has expired); offers stop
+        after ``limit`` were taken. An unblocked group's unexpired messages are all visible.
+        Returns the groups that gave messages (see :meth:`settle`).
+        """
+        groups, ready, blocked = self.groups, self.ready, self.blocked
+        while blocked and blocked[0][0] <= now:
+            name = heappop(blocked)[1]
+            g = groups.get(name)
+            if g is not None:
+                heappush(ready, (g.head(), name))
+        taking: dict[str, int] = {}  # group -> index of its next message
+        merge: list[tuple[int, str]] = []  # (order number, group) of the groups being taken
+        taken = 0
+        while taken < limit:
+            while ready:
+                n, name = ready[0]
+                g = groups.get(name)
+                if g is None or name in taking or g.ords[g.start] != n:
+                    heappop(ready)
+                    continue
+                latest = g.until.last()
+                if latest > now:
+                    heappop(ready)
+                    heappush(blocked, (latest, name))
+                    continue
+                break
+            if ready and (not merge or ready[0][0] < merge[0][0]):
+                name = heappop(ready)[1]
+                g = groups[name]
+                i = g.start
+            elif merge:
+                name = heappop(merge)[1]
+                g = groups[name]
+                i = taking[name]
+            else:
+                break
+            mid = g.ids[i]
+            assert mid is not None
+            taken += take(mid)
+            i += 1
+            taking[name] = i
+            if i < len(g.ords):
+                heappush(merge, (g.ords[i], name))
+        return list(taking)
+
+    def settle(self, names: list[str], now: float) -> None:
+        """After a claim took messages of ``names``: give each group its heap entry again."""
+        for name in names:
+            g = self.groups.get(name)
+            if g is None:
+                continue
+            latest = g.until.last()
+            if latest > now:
+                heappush(self.blocked, (latest, name))
+                if len(self.blocked) > 2 * len(self.groups) + 64:
+                    self._rebuild()
+            else:
+                self._push_ready(g, name)

@@ -1,4 +1,5 @@
-"""One queue of the memory backend: its segments, id index, expiry wheels and take cursor.
+"""One queue of the memory backend: its segments, id index, expiry wheels, take cursor,
+hide ledger and FIFO group index.
 
 Order is arena order: segments in their linked order, records by offset within one.
 New messages are appended to the tail segment; a replacement keeps its offset (it is
@@ -24,6 +25,12 @@ records it meets, so a get-and-hide costs O(1) amortised however many messages a
 flight. When ``cur_until`` passes (some skipped hide ran out), or a write un-hides a
 record before the cursor, the next such operation rescans from the head: O(in flight)
 once per such event.
+
+Claims, sends and moves write the per-message data (see memory_arena's EXTRA); every
+write keeps the queue's :class:`~burrow.backends.memory_index.Deadlines` (hide deadlines
+of its hidden records, by claimed or not) and, once there is one, its
+:class:`~burrow.backends.memory_index.Groups` in step with the records. A plain visible
+record touches neither, so v1.0 puts and gets pay a flag test.
 """
 
 from __future__ import annotations
@@ -31,10 +38,11 @@ from __future__ import annotations
 import bisect
 import dataclasses
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from burrow.backends.memory_arena import (
     DELTA_MAX,
+    EXTRA,
     F64,
     FAR,
     FILL,
@@ -47,6 +55,7 @@ from burrow.backends.memory_arena import (
     LIVE,
     MAX_SLOTS,
     MONO,
+    NO_EXTRA,
     OFF_BITS,
     OFF_MASK,
     PACKERS,
@@ -54,16 +63,20 @@ from burrow.backends.memory_arena import (
     SEG_MAX,
     SEG_MIN,
     U32,
+    XS,
     Schedule,
     Segment,
     extent,
     packer,
 )
-from burrow.backends.memory_index import M64, Index
+from burrow.backends.memory_index import M64, Deadlines, Groups, Index, block_until
 from burrow.core.errors import StorageUnavailable
 from burrow.core.model import Message, Update
 
 INF = float("inf")
+#: ``exp_min`` of a queue with nothing scheduled.
+NEVER = 1 << 62
+XS_SIZE = XS.size
 #: A reset tail segment keeps at most this much buffer.
 TAIL_KEEP = 1024
 
@@ -81,8 +94,11 @@ class QueueStore:
         "cur_seg",
         "cur_until",
         "dead",
+        "exp_min",
         "free",
+        "groups",
         "head",
+        "hidden",
         "cur_now",
         "index",
         "live",
@@ -115,6 +131,13 @@ class QueueStore:
         #: The latest ``now`` the cursor was used at: a clock that goes back resets it.
         self.cur_now = 0.0
         self.dead = False
+        #: No segment is due before this second (a lower bound kept by the Schedule).
+        self.exp_min = NEVER
+        #: The hide deadlines (> 0) of the records, ``hidden[1]`` of those claimed at least
+        #: once: a count is two bisections. Plain visible records are not in it.
+        self.hidden = (Deadlines(), Deadlines())
+        #: The group index, built when the first grouped message arrives.
+        self.groups: Groups | None = None
 
     # -- reading ------------------------------------------------------------------
     def at(self, loc: int) -> Position:
@@ -145,17 +168,47 @@ class QueueStore:
         else:
             fields = (PACKERS.get((ilen, mlen, blen)) or packer(ilen, mlen, blen)).unpack_from(buf, off)
             idb, meta, body = fields[6], fields[7], fields[8]
+        if flags & EXTRA:
+            receives, first, sequence, glen = XS.unpack_from(meta)
+            p = XS_SIZE + glen
+            return make_full(
+                idb.decode("utf-8", "surrogatepass") if mid is None else mid,
+                body,
+                expires,
+                hidden,
+                meta[p:],
+                receives,
+                first,
+                meta[XS_SIZE:p].decode("utf-8", "surrogatepass"),
+                sequence,
+            )
         return make_message(
             idb.decode("utf-8", "surrogatepass") if mid is None else mid, body, expires, hidden, meta
         )
 
+    def extra(self, buf: bytearray, off: int, flags: int, ilen: int) -> tuple[int, float, int, str]:
+        """(receives, first_received, sequence, group) of the record at ``off``."""
+        if not flags & EXTRA:
+            return 0, 0.0, 0, ""
+        raw: bytes | bytearray
+        if flags & FORWARD:
+            raw, p = self.big[U32.unpack_from(buf, off + HEADER + ilen)[0]][0], 0
+        else:
+            raw, p = buf, off + HEADER + ilen
+        receives, first, sequence, glen = XS.unpack_from(raw, p)
+        p += XS_SIZE
+        return receives, first, sequence, raw[p : p + glen].decode("utf-8", "surrogatepass") if glen else ""
+
     # -- writes -------------------------------------------------------------------
-    def put(self, idb: bytes, expires: float, hidden: float, meta: bytes, body: bytes, now: float) -> bool:
+    def put(
+        self, idb: bytes, expires: float, hidden: float, meta: bytes, body: bytes, now: float, extra: int = 0
+    ) -> bool:
         """Create (append) or replace (in place) the message; True when created.
 
-        The hot path of the backend, so written out in one piece: the record's room is
-        made at the tail first, then one index probe either finds the id or claims it
-        for that room.
+        With ``extra`` (EXTRA) ``meta`` starts with the packed per-message data. The hot
+        path of the backend, so written out in one piece: the record's room is made at
+        the tail first, then one index probe either finds the id or claims it for that
+        room.
         """
         h = hash(idb) & M64
         ilen, mlen, blen = len(idb), len(meta), len(body)
@@ -174,14 +227,14 @@ class QueueStore:
             old_off = (found & OFF_MASK) << 2
             old_expires = F64.unpack_from(old.buf, old_off + 1)[0]
             if not 0 < old_expires <= now:
-                self._replace(old, old_off, old_expires, idb, expires, hidden, meta, body)
+                self._replace(old, old_off, old_expires, idb, expires, hidden, meta, body, extra)
                 return False
             # an expired message is replaced as a new one, at the end
             self.erase(old, old_off)
             self.index.set(idb, h, loc)
-        flags = LIVE
+        flags = LIVE | extra
         if expires > 0 and expires >= seg.mono_last:  # in deadline order: the MONO walk expires it
-            flags = LIVE | MONO
+            flags |= MONO
             seg.mono_last = expires
             if seg.mono_due < 0:
                 seg.mono_due = _second(expires)
@@ -194,8 +247,10 @@ class QueueStore:
         seg.used = off + size
         seg.live += 1
         self.live += 1
-        if flags == LIVE and expires > 0:
+        if not flags & MONO and expires > 0:
             self._register(seg, off, expires)
+        if hidden > 0 or extra or self.groups is not None:
+            self._track_new(seg.buf, off, idb)
         if old is not None:
             self.maintain(old, now)
         return True
@@ -210,15 +265,26 @@ class QueueStore:
         hidden: float,
         meta: bytes,
         body: bytes,
+        extra: int,
     ) -> None:
-        """Rewrite a live record in place with a new body, meta and deadlines."""
+        """Rewrite a live record in place with a new body, meta and deadlines (a new message:
+        its per-message data is reset, its group is "")."""
         buf = seg.buf
-        flags, _, _, mlen, blen, ilen = REC.unpack_from(buf, off)
+        flags, _, old_hidden, mlen, blen, ilen = REC.unpack_from(buf, off)
+        groups = self.groups
+        mid = idb.decode("utf-8", "surrogatepass") if groups is not None else ""
+        n = -1
+        if old_hidden > 0 or flags & EXTRA or groups is not None:
+            n = self._track_gone(buf, off, flags, old_expires, old_hidden, ilen, mid)
         if flags & FORWARD:
             del self.big[U32.unpack_from(buf, off + HEADER + ilen)[0]]
-        flags = self._redated(seg, off, flags & ~FORWARD, old_expires, expires)
+        flags = self._redated(seg, off, flags & ~(FORWARD | EXTRA) | extra, old_expires, expires)
         seg.waste += self._write(buf, off, extent(ilen, mlen + blen), flags, idb, expires, hidden, meta, body)
         self._unhidden(seg, off, hidden)
+        if hidden > 0:
+            self.hidden[0].add(hidden)
+        if groups is not None:
+            groups.insert(mid, "", block_until(hidden, expires), n)
 
     def update(self, seg: Segment, off: int, update: Update) -> None:
         """Apply new deadlines and meta to the (live) record at ``off``."""
@@ -229,22 +295,42 @@ class QueueStore:
             if expires != old:
                 buf[off] = self._redated(seg, off, buf[off], old, expires)
                 F64.pack_into(buf, off + 1, expires)
+                if self.groups is not None:  # a hidden message that expires earlier blocks less
+                    self._reblocked(buf, off, old, F64.unpack_from(buf, off + 9)[0])
         hidden = update.hidden_until
         if hidden is not None:
+            old = F64.unpack_from(buf, off + 9)[0]
+            if old != hidden:
+                if buf[off] & EXTRA or self.groups is not None:
+                    self._rehidden(buf, off, old, hidden)
+                else:  # a plain record (a v1.0 take): the never-claimed ledger
+                    deadlines = self.hidden[0]
+                    if old > 0:
+                        deadlines.remove(old)
+                    if hidden > 0:
+                        a = deadlines.a
+                        if len(a) == deadlines.start or hidden >= a[-1]:  # Deadlines.add inlined
+                            a.append(hidden)
+                        else:
+                            deadlines.add(hidden)
             F64.pack_into(buf, off + 9, hidden)
             if hidden < self.cur_until:
                 self._unhidden(seg, off, hidden)
-        if update.meta is not None:
+        meta = update.meta
+        if meta is not None:
             flags, expires_now, hidden_now, mlen, blen, ilen = REC.unpack_from(buf, off)
             p = off + HEADER
             idb = bytes(buf[p : p + ilen])
             if flags & FORWARD:
-                _, body = self.big.pop(U32.unpack_from(buf, p + ilen)[0])
+                raw, body = self.big.pop(U32.unpack_from(buf, p + ilen)[0])
             else:
+                raw = bytes(buf[p + ilen : p + ilen + mlen]) if flags & EXTRA else b""
                 body = bytes(buf[p + ilen + mlen : p + ilen + mlen + blen])
+            if flags & EXTRA:  # keep the per-message data in front of the new meta
+                meta = raw[: XS_SIZE + XS.unpack_from(raw)[3]] + meta
             room = extent(ilen, mlen + blen)
             flags &= ~FORWARD
-            seg.waste += self._write(buf, off, room, flags, idb, expires_now, hidden_now, update.meta, body)
+            seg.waste += self._write(buf, off, room, flags, idb, expires_now, hidden_now, meta, body)
 
     def kill(self, seg: Segment, off: int) -> None:
         """Delete the live record at ``off``, index entry included; call :meth:`maintain` afterwards."""
@@ -265,6 +351,10 @@ class QueueStore:
         found = (
             None if mid is None else self._message(buf, off, flags, expires, hidden, mlen, blen, ilen, mid)
         )
+        if flags & EXTRA or self.groups is not None:
+            self._track_gone(buf, off, flags, expires, hidden, ilen, mid)
+        elif hidden > 0:  # a plain record: never claimed
+            self.hidden[0].remove(hidden)
         if flags & FORWARD:
             del self.big[U32.unpack_from(buf, off + HEADER + ilen)[0]]
         payload = mlen + blen
@@ -316,6 +406,262 @@ class QueueStore:
         self.big_next = (key + 1) & 0xFFFFFFFF
         big[key] = (meta, body)
         return key
+
+    # -- claims, sends and moves (the SQS-style operations) -------------------------
+    def claim_at(self, seg: Segment, off: int, hidden: float, now: float) -> Message:
+        """Hide the (live) record at ``off`` until ``hidden`` and count a receive; return it."""
+        buf = seg.buf
+        flags, expires, old, mlen, blen, ilen = REC.unpack_from(buf, off)
+        p = off + HEADER + ilen
+        if flags & EXTRA and not flags & FORWARD:  # the usual case: update the prefix in place
+            receives, first, sequence, glen = XS.unpack_from(buf, p)
+            XS.pack_into(buf, p, receives + 1, first if receives else now, sequence, glen)
+            group = buf[p + XS_SIZE : p + XS_SIZE + glen].decode("utf-8", "surrogatepass") if glen else ""
+        else:  # no prefix yet, or out of line: rewrite the record (it may go out of line)
+            if flags & FORWARD:
+                raw, body = self.big.pop(U32.unpack_from(buf, p)[0])
+            else:
+                raw, body = bytes(buf[p : p + mlen]), bytes(buf[p + mlen : p + mlen + blen])
+            if flags & EXTRA:
+                receives, first, sequence, glen = XS.unpack_from(raw)
+                rest = raw[XS_SIZE:]
+            else:
+                receives, first, sequence, glen, rest = 0, 0.0, 0, 0, raw
+            group = rest[:glen].decode("utf-8", "surrogatepass")
+            meta = XS.pack(receives + 1, first if receives else now, sequence, glen) + rest
+            idb = bytes(buf[off + HEADER : p])
+            room = extent(ilen, mlen + blen)
+            flags = flags & ~FORWARD | EXTRA
+            seg.waste += self._write(buf, off, room, flags, idb, expires, old, meta, body)
+        F64.pack_into(buf, off + 9, hidden)
+        if hidden < self.cur_until:
+            self._unhidden(seg, off, hidden)
+        if old > 0:
+            self.hidden[receives > 0].remove(old)
+        if hidden > 0:
+            self.hidden[1].add(hidden)
+        if self.groups is not None:
+            self.groups.reblock(group, block_until(old, expires), block_until(hidden, expires))
+        return self.snapshot(seg, off)
+
+    def append(
+        self,
+        idb: bytes,
+        expires: float,
+        hidden: float,
+        meta: bytes,
+        body: bytes,
+        now: float,
+        receives: int,
+        first: float,
+        group: str,
+        sequence: int,
+    ) -> Position:
+        """Create a message last in order with its per-message data, deleting any record of that
+        id first; return its position."""
+        h = hash(idb) & M64
+        loc = self.index.get(idb, h)
+        if loc >= 0:
+            seg, off = self.at(loc)
+            self.index.pop(idb, h)
+            self.erase(seg, off)
+            self.maintain(seg, now)
+        gb = group.encode("utf-8", "surrogatepass")
+        if receives or first or sequence or gb:
+            self.put(
+                idb,
+                expires,
+                hidden,
+                XS.pack(receives, first, sequence, len(gb)) + gb + meta,
+                body,
+                now,
+                EXTRA,
+            )
+        elif meta:
+            self.put(idb, expires, hidden, NO_EXTRA + meta, body, now, EXTRA)
+        else:
+            self.put(idb, expires, hidden, meta, body, now)
+        return self.at(self.index.get(idb, h))
+
+    def receives(self, seg: Segment, off: int) -> int:
+        """The receive count of the record at ``off``."""
+        buf = seg.buf
+        flags = buf[off]
+        return self.extra(buf, off, flags, buf[off + LEN_AT] | buf[off + LEN_AT + 1] << 8)[0]
+
+    def expired(self, now: float) -> tuple[int, int, int]:
+        """How many stored records have expired at ``now``: (visible, hidden and claimed, hidden
+        and never claimed) at ``now``. They are still in the ledger; counts take them out.
+
+        Reads only the segments due by ``now`` (an expired record's deadline is scheduled
+        until the cleaner deletes it), and none while ``exp_min`` says nothing is due.
+        """
+        second = _second(now)
+        if self.exp_min > second:
+            return 0, 0, 0
+        counts = [0, 0, 0]
+        low = NEVER
+        seg = self.head
+        while seg is not None:
+            due = seg.due
+            if 0 <= due <= second:
+                self._tally_expired(seg, now, counts)
+            if 0 <= due < low:
+                low = due
+            seg = seg.next
+        self.exp_min = low
+        return counts[0], counts[1], counts[2]
+
+    def _tally_expired(self, seg: Segment, now: float, counts: list[int]) -> None:
+        buf, second = seg.buf, _second(now)
+        found: list[int] = []
+        if 0 <= seg.mono_due <= second:  # MONO records expire in order: walk until one has not
+            off, used = seg.mono_pos, seg.used
+            while off < used:
+                flags = buf[off]
+                if flags & LIVE:
+                    _, expires, _, mlen, blen, ilen = REC.unpack_from(buf, off)
+                    if flags & MONO:
+                        if expires > now:
+                            break
+                        found.append(off)
+                    off += extent(ilen, mlen + blen)
+                else:
+                    off += buf[off + 1] | buf[off + 2] << 8
+        wheel, limit = seg.wheel, second - seg.base
+        if wheel and wheel[0] >> OFF_BITS <= limit:
+            seen: set[int] = set()  # a record may have stale entries beside its current one
+            for entry in wheel:
+                if entry >> OFF_BITS > limit:
+                    break
+                off = (entry & OFF_MASK) << 2
+                flags = buf[off]
+                if flags & LIVE and not flags & MONO and off not in seen:
+                    expires = F64.unpack_from(buf, off + 1)[0]
+                    if 0 < expires <= now:
+                        seen.add(off)
+                        found.append(off)
+        for off in found:
+            flags, _, hidden, _, _, ilen = REC.unpack_from(buf, off)
+            if hidden <= now:
+                counts[0] += 1
+            else:
+                counts[2 if self.extra(buf, off, flags, ilen)[0] == 0 else 1] += 1
+
+    def fifo_select(self, limit: int, now: float) -> tuple[list[Position], list[str]]:
+        """The records a FIFO claim takes (the queue has a group index) and their groups."""
+        groups = self.groups
+        assert groups is not None
+        index, slots = self.index, self.slots
+        out: list[Position] = []
+
+        def take(mid: str) -> bool:
+            idb = mid.encode("utf-8", "surrogatepass")
+            loc = index.get(idb, hash(idb) & M64)
+            seg, off = slots[loc >> OFF_BITS], (loc & OFF_MASK) << 2
+            expires = F64.unpack_from(seg.buf, off + 1)[0]
+            if 0 < expires <= now:
+                return False
+            out.append((seg, off))
+            return True
+
+        names = groups.select(limit, now, take)
+        return out, names
+
+    # -- hide ledger and group index ------------------------------------------------
+    def hidden_between(self, since: float, now: float) -> bool:
+        """Whether a record's hide deadline lies in ``(since, now]``."""
+        for deadlines in self.hidden:
+            a = deadlines.a
+            i = bisect.bisect_right(a, since, deadlines.start)
+            if i < len(a) and a[i] <= now:
+                return True
+        return False
+
+    def hidden_in(self, start: float, end: float) -> bool:
+        """Whether a record's hide deadline lies in ``[start, end)``."""
+        for deadlines in self.hidden:
+            a = deadlines.a
+            i = bisect.bisect_left(a, start, deadlines.start)
+            if i < len(a) and a[i] < end:
+                return True
+        return False
+
+    def _build_groups(self) -> Groups:
+        groups = Groups()
+        for seg, off in self._walk():
+            buf = seg.buf
+            flags = buf[off]
+            ilen = buf[off + LEN_AT] | buf[off + LEN_AT + 1] << 8
+            mid = bytes(buf[off + HEADER : off + HEADER + ilen]).decode("utf-8", "surrogatepass")
+            _, expires, hidden, _, _, ilen = REC.unpack_from(buf, off)
+            groups.add(mid, self.extra(buf, off, flags, ilen)[3], block_until(hidden, expires))
+        return groups
+
+    def _walk(self) -> Iterator[Position]:
+        """The positions of all live records, in order."""
+        seg = self.head
+        while seg is not None:
+            buf, off, used = seg.buf, 0, seg.used
+            while off < used:
+                if buf[off] & LIVE:
+                    _, _, _, mlen, blen, ilen = REC.unpack_from(buf, off)
+                    yield seg, off
+                    off += extent(ilen, mlen + blen)
+                else:
+                    off += buf[off + 1] | buf[off + 2] << 8
+            seg = seg.next
+
+    def _track_new(self, buf: bytearray, off: int, idb: bytes) -> None:
+        """Enter the record just written at ``off`` in the ledger and the group index."""
+        flags, expires, hidden, _, _, ilen = REC.unpack_from(buf, off)
+        receives, _, _, group = self.extra(buf, off, flags, ilen)
+        if hidden > 0:
+            self.hidden[receives > 0].add(hidden)
+        if self.groups is not None:
+            self.groups.add(idb.decode("utf-8", "surrogatepass"), group, block_until(hidden, expires))
+        elif group:  # the first grouped message: index the queue (this record included)
+            self.groups = self._build_groups()
+
+    def _track_gone(
+        self, buf: bytearray, off: int, flags: int, expires: float, hidden: float, ilen: int, mid: str | None
+    ) -> int:
+        """Take the record at ``off`` (still intact) out of the ledger and the group index;
+        return its group order number (-1 without a group index)."""
+        receives, _, _, group = self.extra(buf, off, flags, ilen)
+        if hidden > 0:
+            self.hidden[receives > 0].remove(hidden)
+        if self.groups is None:
+            return -1
+        if not mid:
+            mid = bytes(buf[off + HEADER : off + HEADER + ilen]).decode("utf-8", "surrogatepass")
+        return self.groups.remove(mid, group, block_until(hidden, expires))
+
+    def _rehidden(self, buf: bytearray, off: int, old: float, hidden: float) -> None:
+        """The record at ``off`` goes from hide deadline ``old`` to ``hidden``: update the ledger."""
+        flags = buf[off]
+        if flags & EXTRA:
+            ilen = buf[off + LEN_AT] | buf[off + LEN_AT + 1] << 8
+            receives, _, _, group = self.extra(buf, off, flags, ilen)
+        else:
+            receives, group = 0, ""
+        deadlines = self.hidden[receives > 0]
+        if old > 0:
+            deadlines.remove(old)
+        if hidden > 0:
+            deadlines.add(hidden)
+        if self.groups is not None:
+            expires = F64.unpack_from(buf, off + 1)[0]
+            self.groups.reblock(group, block_until(old, expires), block_until(hidden, expires))
+
+    def _reblocked(self, buf: bytearray, off: int, old_expires: float, hidden: float) -> None:
+        """The record at ``off`` (hidden until ``hidden``) expired at ``old_expires`` before."""
+        assert self.groups is not None
+        if hidden > 0:
+            flags = buf[off]
+            group = self.extra(buf, off, flags, buf[off + LEN_AT] | buf[off + LEN_AT + 1] << 8)[3]
+            expires = F64.unpack_from(buf, off + 1)[0]
+            self.groups.reblock(group, block_until(hidden, old_expires), block_until(hidden, expires))
 
     # -- segments -----------------------------------------------------------------
     def _room(self, size: int, now: float) -> Segment:
@@ -474,6 +820,7 @@ class QueueStore:
         self.slots.clear()
         self.free.clear()
         self.big.clear()
+        self.groups = None
 
     # -- expiry -------------------------------------------------------------------
     def _register(self, seg: Segment, off: int, expires: float) -> None:
@@ -661,32 +1008,76 @@ class QueueStore:
         return out
 
 
-def _fast_message() -> Callable[[str, bytes, float, float, bytes], Message]:
-    """A Message constructor that sets the slots directly.
+MakeMessage = Callable[[str, bytes, float, float, bytes], Message]
+MakeFull = Callable[[str, bytes, float, float, bytes, int, float, str, int], Message]
+
+
+def _fast_messages() -> tuple[MakeMessage, MakeFull]:
+    """Message constructors that set the slots directly: plain (per-message data at its
+    defaults) and full.
 
     The frozen dataclass's ``__init__`` goes through ``object.__setattr__`` per field,
     which costs about as much as the rest of a lookup; every returned message pays it.
-    Falls back to the class itself if Message ever gains a field this does not know.
+    Fall back to the class itself if Message ever gains a field these do not know.
     """
-    names = ("id", "body", "expires", "hidden_until", "meta")
+    names = (
+        "id",
+        "body",
+        "expires",
+        "hidden_until",
+        "meta",
+        "receives",
+        "first_received",
+        "group",
+        "sequence",
+    )
     if tuple(f.name for f in dataclasses.fields(Message)) != names:
-        return Message
+        return Message, Message
     new = object.__new__
-    set_id, set_body, set_expires, set_hidden, set_meta = (vars(Message)[name].__set__ for name in names)
+    s_id, s_body, s_expires, s_hidden, s_meta, s_receives, s_first, s_group, s_sequence = (
+        vars(Message)[name].__set__ for name in names
+    )
 
     def make(mid: str, body: bytes, expires: float, hidden: float, meta: bytes) -> Message:
         m = new(Message)
-        set_id(m, mid)
-        set_body(m, body)
-        set_expires(m, expires)
-        set_hidden(m, hidden)
-        set_meta(m, meta)
+        s_id(m, mid)
+        s_body(m, body)
+        s_expires(m, expires)
+        s_hidden(m, hidden)
+        s_meta(m, meta)
+        s_receives(m, 0)
+        s_first(m, 0.0)
+        s_group(m, "")
+        s_sequence(m, 0)
         return m
 
-    return make
+    def make_full(
+        mid: str,
+        body: bytes,
+        expires: float,
+        hidden: float,
+        meta: bytes,
+        receives: int,
+        first: float,
+        group: str,
+        sequence: int,
+    ) -> Message:
+        m = new(Message)
+        s_id(m, mid)
+        s_body(m, body)
+        s_expires(m, expires)
+        s_hidden(m, hidden)
+        s_meta(m, meta)
+        s_receives(m, receives)
+        s_first(m, first)
+        s_group(m, group)
+        s_sequence(m, sequence)
+        return m
+
+    return make, make_full
 
 
-make_message = _fast_message()
+make_message, make_full = _fast_messages()
 
 
 def _second(t: float) -> int:

@@ -25,9 +25,19 @@ class Message:
     expires: float
     #: Absolute time the message becomes visible; 0 (or any time <= now) = visible.
     hidden_until: float
-    #: Opaque bytes owned by a protocol front end (SQS keeps its message attributes and
-    #: receive count here); empty for plain burrow messages. Backends store it verbatim.
+    #: Opaque bytes owned by a protocol front end (SQS keeps its message attributes
+    #: here); empty for plain burrow messages. Backends store it verbatim.
     meta: bytes = b""
+    #: Times :meth:`~burrow.backends.base.Backend.claim` handed the message out (SQS's
+    #: ApproximateReceiveCount, and the token its receipt handles carry); 0 = never.
+    receives: int = 0
+    #: When the first claim took it; 0 = never claimed.
+    first_received: float = 0.0
+    #: FIFO message group ("" = none), set by ``send_message`` and kept by every write
+    #: except a replacing ``put_message``.
+    group: str = ""
+    #: FIFO sequence number assigned by ``send_message`` (0 = none).
+    sequence: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +66,32 @@ class Update:
     expires: float | None = None
     hidden_until: float | None = None
     meta: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Messages of one queue by state (expired ones are in none of them).
+
+    *visible*: ``hidden_until <= now``; *in flight*: hidden and claimed at least once
+    (``receives > 0``); *delayed*: hidden and never claimed.
+    """
+
+    visible: int = 0
+    in_flight: int = 0
+    delayed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """What :meth:`~burrow.backends.base.Backend.send_message` did.
+
+    ``created`` is False when the deduplication key was already live: nothing was
+    stored and ``message``/``sequence`` are the earlier send's.
+    """
+
+    message: str
+    sequence: int
+    created: bool
 
 
 def _slot_setters(cls: type, names: tuple[str, ...]) -> tuple[Callable[[Any, Any], None], ...]:
