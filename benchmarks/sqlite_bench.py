@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from burrow.backends.sqlite import SQLiteBackend
+from burrow.client import Connection, encode_request
 from burrow.core.model import Filter, Update
 from burrow.http.server import run
 
@@ -79,57 +80,30 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class LeanConnection:
-    """A minimal keep-alive HTTP client (prebuilt requests, Content-Length only) so the load
-    generator costs less CPU than the server it measures."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def open(cls, base: str) -> LeanConnection:
-        host, port = base.removeprefix("http://").split(":")
-        return cls(*await asyncio.open_connection(host, int(port)))
-
-    async def request(self, head: bytes, body: bytes = b"") -> tuple[int, bytes]:
-        self.writer.write(head + body)
-        raw = await self.reader.readuntil(b"\r\n\r\n")
-        at = raw.lower().find(b"content-length:")
-        length = int(raw[at + 15 : raw.index(b"\r\n", at)]) if at >= 0 else 0
-        return int(raw[9:12]), await self.reader.readexactly(length) if length else b""
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-def head(method: str, target: str, length: int = 0) -> bytes:
-    return f"{method} {target} HTTP/1.1\r\nhost: bench\r\ncontent-length: {length}\r\n\r\n".encode()
-
-
 async def producer(base: str, name: str, stop: float, counts: dict[str, int]) -> None:
-    conn = await LeanConnection.open(base)
+    conn = await Connection(base).connect()
     n = 0
     while time.monotonic() < stop:
-        status, _ = await conn.request(head("PUT", f"/v1.0/bench/q/{name}{n:013x}", len(BODY)), BODY)
+        reply = await conn.exchange(encode_request("PUT", f"/v1.0/bench/q/{name}{n:013x}", BODY))
         n += 1
-        if 200 <= status < 300:
+        if 200 <= reply.status < 300:
             counts["ok"] += 1
-    conn.close()
+    await conn.close()
 
 
 async def consumer(base: str, stop: float, counts: dict[str, int]) -> None:
-    conn = await LeanConnection.open(base)
-    take = head("POST", "/v1.0/bench/q?limit=1&hide=30&wait=1&detail=id")
+    conn = await Connection(base).connect()
+    take = encode_request("POST", "/v1.0/bench/q?limit=1&hide=30&wait=1&detail=id")
     while time.monotonic() < stop:
-        status, body = await conn.request(take)
-        if status != 200:
+        reply = await conn.exchange(take)
+        if reply.status != 200:
             continue
         counts["ok"] += 1
-        status, _ = await conn.request(head("DELETE", f"/v1.0/bench/q/{body[2:-2].decode()}"))
-        if 200 <= status < 300:
+        reply = await conn.exchange(encode_request("DELETE", f"/v1.0/bench/q/{reply.body[2:-2].decode()}"))
+        if 200 <= reply.status < 300:
             counts["ok"] += 1
             counts["consumed"] += 1
-    conn.close()
+    await conn.close()
 
 
 async def throughput(

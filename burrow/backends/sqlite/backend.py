@@ -10,11 +10,10 @@ from typing import Any, TypeVar
 
 from burrow.backends.base import Backend
 from burrow.backends.sqlite import store as ops
-from burrow.backends.sqlite.schema import MAX_BATCH, SYNCHRONOUS
-from burrow.backends.sqlite.writer import STOP, Op, Writer
+from burrow.backends.sqlite.writer import FSYNC_INTERVAL, STOP, SYNCHRONOUS, Op, Writer
 from burrow.config import Settings
 from burrow.core.errors import StorageUnavailable
-from burrow.core.model import Filter, Message, Update
+from burrow.core.model import Counts, Filter, Message, Sent, Update
 
 T = TypeVar("T")
 
@@ -24,13 +23,15 @@ _PRAGMA_NAME = re.compile(r"^[a-z_]+$")
 class SQLiteBackend(Backend):
     """Durable storage in one SQLite file (or ``:memory:``); see the package docstring."""
 
-    def __init__(self, path: str, fsync: str = "batch", url: str = "") -> None:
+    def __init__(
+        self, path: str, fsync: str = "batch", url: str = "", fsync_interval: float = FSYNC_INTERVAL
+    ) -> None:
         if fsync not in SYNCHRONOUS:
             raise ValueError(f"fsync must be always, batch or never, got {fsync!r}")
         self.path = path
         self.fsync = fsync
         self.url = url or ("sqlite://:memory:" if path == ":memory:" else f"sqlite:///{path}")
-        self._writer = Writer(path, SYNCHRONOUS[fsync], 1 if fsync == "always" else MAX_BATCH)
+        self._writer = Writer(path, fsync, fsync_interval)
         self._pending: list[Op] = []
         #: The loop that opened the backend; every call comes from it (asking for the running
         #: loop per call costs a getpid() system call on Python 3.11).
@@ -44,14 +45,14 @@ class SQLiteBackend(Backend):
         if scheme != "sqlite":
             raise ValueError(f"not a sqlite URL: {url!r}")
         if rest == ":memory:":
-            return cls(":memory:", settings.fsync, url)
+            return cls(":memory:", settings.fsync, url, settings.fsync_interval)
         path = rest[1:] if rest.startswith("/") else ""
         if not path or path.endswith("/"):
             raise ValueError(
                 f"sqlite URL must name a file: sqlite:///relative.db, sqlite:////absolute.db"
                 f" or sqlite://:memory:, got {url!r}"
             )
-        return cls(path, settings.fsync, url)
+        return cls(path, settings.fsync, url, settings.fsync_interval)
 
     # -- plumbing ---------------------------------------------------------------
     @property
@@ -65,7 +66,8 @@ class SQLiteBackend(Backend):
         self._writer.before_commit = fault
 
     def _call(self, fn: Callable[..., T], args: tuple[Any, ...], write: bool) -> asyncio.Future[T]:
-        """Queue ``fn(store, *args)`` for the writer; the future settles after its commit.
+        """Queue ``fn(store, *args)`` for this iteration's batch; the future settles after
+        its commit, or its sync (see writer for which).
 
         A plain function returning the future (the methods await it): no coroutine frame
         of its own on the hot path.
@@ -77,15 +79,14 @@ class SQLiteBackend(Backend):
         pending = self._pending
         pending.append((fn, args, fut, write))
         if len(pending) == 1:
-            # Hand the writer one list per loop iteration: fewer thread wake-ups and GIL
-            # hand-offs than one queue item per request.
+            # One transaction per loop iteration, not per request.
             loop.call_soon(self._flush)
         return fut
 
     def _flush(self) -> None:
         if self._pending:
-            self._writer.requests.put((self._loop, self._pending))
-            self._pending = []
+            pending, self._pending = self._pending, []
+            self._writer.run_batch(self._loop, pending)  # on this thread (see writer)
 
     async def pragma(self, name: str, value: int | str | None = None) -> list[tuple[Any, ...]]:
         """Run ``PRAGMA name [= value]`` on the writer's connection (diagnostics and tests)."""
@@ -172,9 +173,77 @@ class SQLiteBackend(Backend):
         )
 
     async def delete_message(
-        self, account: str, queue: str, message: str, now: float, expect_hidden_until: float | None = None
+        self,
+        account: str,
+        queue: str,
+        message: str,
+        now: float,
+        expect_hidden_until: float | None = None,
+        expect_receives: int | None = None,
     ) -> Message | None:
-        return await self._call(ops.delete_message, (account, queue, message, now, expect_hidden_until), True)
+        return await self._call(
+            ops.delete_message, (account, queue, message, now, expect_hidden_until, expect_receives), True
+        )
+
+    # -- worker operations (each one writer call, so one transaction) ------------
+    async def claim(
+        self, account: str, queue: str, limit: int, hidden_until: float, now: float, fifo: bool = False
+    ) -> list[Message]:
+        return await self._call(ops.claim, (account, queue, limit, hidden_until, now, fifo), True)
+
+    async def send_message(
+        self,
+        account: str,
+        queue: str,
+        message: str,
+        body: bytes,
+        expires: float,
+        hidden_until: float,
+        now: float,
+        meta: bytes,
+        group: str,
+        dedup: str | None,
+        dedup_until: float,
+    ) -> Sent:
+        return await self._call(
+            ops.send_message,
+            (account, queue, message, body, expires, hidden_until, now, meta, group, dedup, dedup_until),
+            True,
+        )
+
+    async def move_message(
+        self,
+        account: str,
+        queue: str,
+        message: str,
+        to_account: str,
+        to_queue: str,
+        expires: float,
+        now: float,
+        meta: bytes | None = None,
+        receives: int | None = None,
+        expect_receives: int | None = None,
+    ) -> Message | None:
+        """Atomic: the delete and the insert are one transaction."""
+        return await self._call(
+            ops.move_message,
+            (
+                account,
+                queue,
+                message,
+                to_account,
+                to_queue,
+                expires,
+                now,
+                meta,
+                receives,
+                expect_receives,
+            ),
+            True,
+        )
+
+    async def count(self, account: str, queue: str, now: float) -> Counts:
+        return await self._call(ops.count, (account, queue, now), False)
 
     # -- queue metadata ---------------------------------------------------------
     async def get_queue_meta(self, account: str, queue: str) -> bytes | None:
@@ -183,18 +252,31 @@ class SQLiteBackend(Backend):
     async def set_queue_meta(self, account: str, queue: str, meta: bytes | None) -> None:
         await self._call(ops.set_queue_meta, (account, queue, meta), True)
 
+    async def swap_queue_meta(
+        self, account: str, queue: str, expect: bytes | None, meta: bytes | None
+    ) -> bool:
+        return await self._call(ops.swap_queue_meta, (account, queue, expect, meta), True)
+
     async def list_queue_meta(self, account: str) -> list[tuple[str, bytes]]:
         return await self._call(ops.list_queue_meta, (account,), False)
 
     # -- housekeeping -----------------------------------------------------------
-    async def clean(self, now: float) -> list[tuple[str, str]]:
-        """Purge, expire and unhide in bounded steps so other requests run in between."""
+    async def clean(self, now: float, since: float) -> list[tuple[str, str]]:
+        """Purge, expire, unhide and drop dedup records, then report the queues whose hide ran
+        out in ``(since, now]``: all in bounded steps so other requests run in between.
+
+        The report comes after the expiry (expired messages are gone by then) and reads
+        the stored deadlines only; the cursor lives in this call, nothing is remembered.
+        """
+        while await self._call(ops.clean_step, (now,), True):
+            pass
         woken: dict[tuple[str, str], None] = {}
-        more = True
-        while more:
-            step, more = await self._call(ops.clean_step, (now,), True)
+        at: ops.WokenCursor | None = None
+        while True:
+            step, at = await self._call(ops.woken_step, (since, now, at), False)
             woken.update(dict.fromkeys(step))
-        return list(woken)
+            if at is None:
+                return list(woken)
 
     async def count_messages(self) -> int:
         return await self._call(ops.count_messages, (), False)

@@ -1,36 +1,159 @@
-"""The writer thread: owns the connection, runs batches of operations in transactions.
+"""Transactions on the event loop's thread; syncs and checkpoints on one sync thread.
 
-See the package docstring for the threading and durability rules it keeps.
+Where the work runs. The statements run on the event loop's thread, one transaction per
+loop iteration's batch of requests (``Writer.run_batch``): with ``synchronous=NORMAL``
+(or ``OFF``) a COMMIT in WAL mode appends frames to the ``-wal`` file in the OS page
+cache and does not wait for the disk, so it costs what the statements cost. That saves
+what handing each batch to a thread cost (two thread wake-ups, a self-pipe write and GIL
+hand-offs per batch, which at low concurrency is per request).
+What waits for the disk runs on the sync thread (``Writer.run``): ``fdatasync`` of the
+WAL, and checkpoints. The loop hands it one item per batch whose results wait for a sync;
+takes and deletes acknowledged before their sync are watched by a loop timer and cost the
+thread nothing unless their deadline passes unsynced. Results come back with one
+``call_soon_threadsafe`` per sync.
+
+One connection, ``locking_mode=EXCLUSIVE``: no file lock is taken or released per
+transaction (in shared mode, a fifth of the system calls at one producer and one
+consumer) and the WAL index lives in memory. The connection is used by the loop for
+batches and by the sync thread for checkpoints, never at once: each holds
+``Writer.lock``, and the loop only tries it (a batch that finds it taken waits in
+``parked`` until the checkpoint ends). So no other process can open the file while
+Burrow runs (a second server on it fails to start with "database is locked"), which the
+store's in-memory counters need anyway.
+
+Durability. A COMMIT survives the death of the process as soon as it returns (the frames
+are in the kernel), but not a power cut until the WAL is synced. Per ``--fsync`` mode:
+
+``batch`` (default)
+    A batch's writes are committed together. Creates (and every write that is not a take,
+    hide or delete, see ``_RELAXED``) are acknowledged only after an ``fdatasync`` of the
+    WAL that began after their COMMIT: every create that arrives while a sync runs shares
+    the next one (group commit). Takes, hides, deletes and the cleaner's steps are
+    acknowledged at COMMIT, and a sync begins within ``fsync_interval`` seconds (sooner
+    when a create's sync comes first). Losing one of those to a power cut makes a message
+    visible again or brings a deleted one back, which at-least-once delivery allows.
+    ``fsync_interval = 0`` makes them wait for their sync too.
+``always``
+    Every write is committed in its own transaction and acknowledged only after a sync
+    that began after its COMMIT (one sync may cover several commits).
+``never``
+    No syncs (``synchronous=OFF``); acknowledged at COMMIT. Survives a process crash,
+    not a power cut.
+
+Why a sync of the WAL after a COMMIT makes that commit, and every earlier one, survive
+a power cut (the reasoning the modes rely on; SQLite 3.40, WAL mode):
+
+1. A commit is a run of frames appended to the WAL after the previous commit's frames,
+   ending in a commit frame; each frame carries the WAL's salt and a checksum chained
+   over every frame before it. Recovery replays frames from the start while salt and
+   chain match and keeps the transactions up to the last valid commit frame, so what
+   survives is always a prefix of the commits in order: a later commit never survives
+   without every earlier one.
+2. ``fdatasync(fd)`` on any descriptor of the file writes back every page of the file
+   written before the call, and the file size. A commit counted in ``commits`` has
+   returned from COMMIT, so its frames were written before the sync thread read the
+   counter and then called ``fdatasync``: after the sync they are on disk, and by (1)
+   so is every earlier commit still in the WAL.
+3. Frames leave the WAL only through a checkpoint, which (synchronous NORMAL) syncs the
+   WAL, copies the frames into the database file and syncs it before it records them as
+   copied; the WAL is only rewritten from its start (a restart, with a new salt and a
+   synced header) once everything in it was copied. So a commit whose frames a restart
+   overwrote was already durable in the database file: a sync racing a restart loses
+   nothing. (Checkpoints run on the sync thread with the connection's lock; the restart
+   is made there too, by a one-page write, so its header sync never stops the loop.)
+4. The directory is synced once the WAL exists, so the ``-wal`` file's entry survives.
+   If the connection had to be reopened (a new WAL file), the descriptor no longer names
+   the WAL (``st_nlink == 0``) and the sync is done by a full checkpoint instead.
+
+A failed sync fails the requests waiting on it (503: the change was committed and may
+or may not be on disk) and later syncs are done by a full checkpoint until one succeeds:
+after an ``fdatasync`` error Linux may drop the failed pages' dirty state, so only
+writing the committed pages again (a checkpoint copies them into the database file and
+syncs it) proves them durable. A failed COMMIT acknowledges nothing of its transaction.
+A request is never acknowledged with less than its mode promises; it may get more (a
+sync that came early). ``tests/test_powercut.py`` checks all this by dropping every
+write not yet synced at random moments under load.
+
+Visibility. A batch's results reach their callers as soon as it commits, or after its
+sync; so a consumer may receive a message before its producer's 201 (at-least-once: if
+the power fails before the sync, the producer was never acknowledged and sends again).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
+import os
 import queue as queue_module
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from burrow.backends.sqlite.schema import CACHE_KIB, MAX_BATCH, SCHEMA, SCHEMA_VERSION, statements
+from burrow.backends.sqlite import store as store_module
+from burrow.backends.sqlite.schema import CACHE_KIB, MAX_BATCH, SCHEMA_VERSION, install
 from burrow.backends.sqlite.store import Store
+from burrow.config import Settings
 from burrow.core.errors import StorageUnavailable
+from burrow.core.model import Update
 
 log = logging.getLogger("burrow.sqlite")
+
+#: ``--fsync`` modes and the connection's ``PRAGMA synchronous`` in each. NORMAL: commits
+#: are not synced (the sync thread does that) but checkpoints and WAL restarts are.
+SYNCHRONOUS = {"always": "NORMAL", "batch": "NORMAL", "never": "OFF"}
+#: Default ``fsync_interval`` (defined in config): seconds within which ``batch`` mode syncs a
+#: take, hide or delete it acknowledged at COMMIT.
+FSYNC_INTERVAL = Settings().fsync_interval
+#: Seconds between checkpoints while something is being committed.
+CHECKPOINT_SECONDS = 0.25
+#: Page size of a new database file: a WAL frame is a whole page, and a message's writes
+#: touch about a dozen pages (the row and each index), so smaller pages write and sync
+#: about a quarter of the bytes of SQLite's default 4096 and cost less CPU per commit.
+PAGE_SIZE = 1024
+#: Seconds the sync thread, stopping, waits for batches still parked by a checkpoint.
+STOP_SECONDS = 5.0
 
 #: sqlite3 errors that mean a bad call, not a storage failure: passed to the caller as they are.
 _MISUSE = (sqlite3.ProgrammingError, sqlite3.InterfaceError)
 
-
 #: One request: the operation, its arguments after the store, the caller's future, and
 #: whether it writes. A plain tuple and a module-level function rather than a closure per
-#: request: the hot path allocates as little as possible on either thread.
+#: request: the hot path allocates as little as possible.
 Op = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]", bool]
-#: The operations one event-loop iteration handed over, with that loop.
-_Item = tuple[asyncio.AbstractEventLoop, list[Op]]
+#: Results of one batch that wait for a sync: (commit number, loop, operations, results).
+_Waiting = tuple[int, asyncio.AbstractEventLoop, list[Op], list[Any]]
 STOP = object()
+
+#: Writes ``batch`` mode acknowledges at COMMIT: takes, hides and deletes (and the
+#: cleaner), whose loss in a power cut makes a message visible again or brings a deleted
+#: one back. An update that changes a ``ttl`` is not among them (its loss would change
+#: when a message expires). Looked up by name, so operations added to ``store`` later are
+#: synced before their acknowledgement unless listed here.
+_RELAXED_NAMES = (
+    "update_messages",
+    "update_message",
+    "delete_messages",
+    "delete_message",
+    "delete_queues",
+    "delete_accounts",
+    "clean_step",
+    "claim",
+)
+_RELAXED: frozenset[Callable[..., Any]] = frozenset(
+    fn for fn in (getattr(store_module, name, None) for name in _RELAXED_NAMES) if fn is not None
+)
+
+
+def relaxed(op: Op) -> bool:
+    """Whether ``batch`` mode may acknowledge this write at COMMIT (see ``_RELAXED``)."""
+    if op[0] not in _RELAXED:
+        return False
+    return not any(type(arg) is Update and arg.expires is not None for arg in op[1])
 
 
 class _Failed:
@@ -43,7 +166,7 @@ class _Failed:
 
 
 def _settle(ops: list[Op], results: list[Any]) -> None:
-    """On the event loop: deliver one batch's results (one call per batch, not per request)."""
+    """On the event loop: deliver results (one call per batch, not per request)."""
     for op, result in zip(ops, results, strict=True):
         fut = op[2]
         if fut.done():
@@ -58,111 +181,221 @@ def _unavailable(error: BaseException) -> StorageUnavailable:
     return StorageUnavailable(f"storage unavailable: the change was not committed ({error})")
 
 
-class Writer(threading.Thread):
-    """Owns the connection; runs queued operations in batched transactions."""
+def _not_synced(error: BaseException) -> StorageUnavailable:
+    return StorageUnavailable(f"storage unavailable: the change may not be on disk ({error})")
 
-    def __init__(self, path: str, synchronous: str, writes_per_commit: int) -> None:
-        super().__init__(name="burrow-sqlite-writer", daemon=True)
+
+def _name_thread(name: str) -> None:
+    """Show the thread under its name in ``top -H`` and ``/proc/PID/task/*/comm``."""
+    with contextlib.suppress(OSError):
+        Path(f"/proc/self/task/{threading.get_native_id()}/comm").write_text(name[:15])
+
+
+class Writer(threading.Thread):
+    """Runs batches in transactions (on the loop's thread) and syncs them (on this thread)."""
+
+    def __init__(self, path: str, fsync: str, fsync_interval: float = FSYNC_INTERVAL) -> None:
+        super().__init__(name="burrow-sqlite-sync", daemon=True)
+        if fsync not in SYNCHRONOUS:
+            raise ValueError(f"fsync must be always, batch or never, got {fsync!r}")
+        if fsync_interval < 0:
+            raise ValueError(f"fsync_interval must be >= 0, got {fsync_interval}")
         self.path = path
-        self.synchronous = synchronous
-        self.writes_per_commit = writes_per_commit
-        #: Operations handed over by one event-loop iteration each, or STOP.
-        self.requests: queue_module.SimpleQueue[_Item | object] = queue_module.SimpleQueue()
+        self.fsync = fsync
+        self.synchronous = SYNCHRONOUS[fsync]
+        self.fsync_interval = fsync_interval
+        self.writes_per_commit = 1 if fsync == "always" else MAX_BATCH
+        #: Whether anything is ever synced (not in ``never`` mode, nor for ``:memory:``).
+        self.syncs = fsync != "never" and path != ":memory:"
+        #: Whether every write waits for its sync (``always``, or ``batch`` with interval 0).
+        self.sync_all = fsync == "always" or fsync_interval == 0
+        #: Items for the sync thread: _Waiting; (commit number, 0.0), a deferred commit's
+        #: deadline passed unsynced: sync now; or STOP.
+        self.requests: queue_module.SimpleQueue[Any] = queue_module.SimpleQueue()
         self.store: Store | None = None
+        #: Held by whoever uses the connection: the loop for a batch (it never waits for it:
+        #: a batch that finds it taken waits in ``parked``), the sync thread for a checkpoint.
+        self.lock = threading.Lock()
+        self.parked: list[tuple[asyncio.AbstractEventLoop, list[Op]]] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+        #: Write transactions committed so far; the number of the last one.
         self.commits = 0
-        #: Test seam for disk faults: called right before each COMMIT; if it raises,
-        #: the commit is treated exactly like a failed commit or sync (see _transaction).
+        #: Every commit up to this number is on disk (written by the sync thread).
+        self.synced = 0
+        #: Syncs and checkpoints done (diagnostics and tests).
+        self.syncs_done = 0
+        self.checkpoints = 0
+        #: On the loop: (commit number, loop time) of relaxed commits that may not be synced
+        #: yet, oldest first, and whether a timer watches the oldest one's deadline.
+        self.unsynced: collections.deque[tuple[int, float]] = collections.deque()
+        self.timer_armed = False
+        #: Test seams for disk faults: called right before each COMMIT of a write / each
+        #: sync; if one raises, that commit or sync is treated exactly like a failed one.
         self.before_commit: Callable[[], None] | None = None
+        self.before_sync: Callable[[], None] | None = None
         self.ready: threading.Event = threading.Event()
         self.open_error: BaseException | None = None
+        self._wal_fd = -1
+        #: A sync failed: prove durability with a full checkpoint before trusting fdatasync again.
+        self._broken = False
 
-    # -- connection -----------------------------------------------------------
+    # -- the connection -----------------------------------------------------------
     def connect(self) -> Store:
+        """Open the connection, with the schema installed (on either thread, lock held)."""
         conn = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False, cached_statements=256
         )
         try:
+            conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")  # takes effect for a new file only
+            conn.execute("PRAGMA locking_mode = EXCLUSIVE")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
             conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             conn.execute("PRAGMA temp_store = MEMORY")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
-                raise RuntimeError(
-                    f"{self.path} has schema version {version}; this Burrow knows {SCHEMA_VERSION}"
-                )
-            conn.execute("BEGIN")
-            for statement in statements(SCHEMA):
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            conn.execute("COMMIT")
+            install(conn, self.path)  # a write: the WAL file exists after it
             return Store(conn)
         except BaseException:
             conn.close()
             raise
 
-    def run(self) -> None:
+    def _open_wal(self) -> None:
+        """A descriptor of the WAL to sync, and the directory synced so the file's entry lasts."""
+        if self._wal_fd >= 0:
+            os.close(self._wal_fd)
+            self._wal_fd = -1
+        self._wal_fd = os.open(self.path + "-wal", os.O_RDONLY | os.O_CLOEXEC)
+        directory = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY | os.O_CLOEXEC)
         try:
-            self.store = self.connect()
-        except BaseException as error:
-            self.open_error = error
-            self.ready.set()
-            return
-        self.ready.set()
-        requests = self.requests
-        stopping = False
-        while not stopping:
-            first = requests.get()
-            if first is STOP:
-                break
-            items: list[_Item] = [first]  # type: ignore[list-item]
-            size = len(items[0][1])
-            while size < MAX_BATCH:
-                try:
-                    item = requests.get_nowait()
-                except queue_module.Empty:
-                    break
-                if item is STOP:
-                    stopping = True
-                    break
-                items.append(item)  # type: ignore[arg-type]
-                size += len(item[1])  # type: ignore[index]
-            self.run_batch(items)
-        if self.store is not None:
-            self.store.conn.close()
+            os.fsync(directory)
+        finally:
+            os.close(directory)
 
-    def run_batch(self, items: list[_Item]) -> None:
-        """Run the operations in transactions of at most ``writes_per_commit`` writes, then
-        hand each event loop its results with one ``call_soon_threadsafe``."""
-        ops = items[0][1] if len(items) == 1 else [op for _, part in items for op in part]
+    def _wal_gone(self) -> bool:
+        """The WAL our descriptor names was removed (the connection was reopened)."""
+        return os.fstat(self._wal_fd).st_nlink == 0
+
+    def _close(self) -> None:
+        if self.store is not None:
+            self.store.conn.close()  # SQLite checkpoints (with syncs) and removes the WAL
+            self.store = None
+        if self._wal_fd >= 0:
+            os.close(self._wal_fd)
+            self._wal_fd = -1
+
+    # -- the loop's side ----------------------------------------------------------
+    def run_batch(self, loop: asyncio.AbstractEventLoop, ops: list[Op]) -> None:
+        """On the event loop: run one iteration's operations and deliver what need not wait.
+
+        Results that wait for a sync are handed to the sync thread, which delivers them.
+        While the sync thread checkpoints, the batch waits in ``parked`` (the loop never
+        blocks on the lock) and runs when the checkpoint ends (``unpark``).
+        """
+        self.loop = loop
+        if self.parked or not self.lock.acquire(blocking=False):
+            self.parked.append((loop, ops))
+            return
+        try:
+            self._run(loop, ops)
+        finally:
+            self.lock.release()
+
+    def unpark(self) -> None:
+        """On the event loop, after a checkpoint: run the batches that waited for it, in order."""
+        if not self.parked or not self.lock.acquire(blocking=False):
+            return  # nothing waits, or another checkpoint began: its end calls this again
+        try:
+            batches = list(self.parked)
+            for loop, ops in batches:
+                self._run(loop, ops)
+            # Emptied only now, so the sync thread, stopping, sees parked work until it is queued.
+            del self.parked[: len(batches)]
+        finally:
+            self.lock.release()
+
+    def _run(self, loop: asyncio.AbstractEventLoop, ops: list[Op]) -> None:
         if self.writes_per_commit >= len(ops):
-            results = self.transaction(ops)
-        else:
-            results = []
-            group: list[Op] = []
-            writes = 0
-            for op in ops:
-                group.append(op)
-                writes += op[3]
-                if writes >= self.writes_per_commit:
-                    results += self.transaction(group)
-                    group, writes = [], 0
-            if group:
-                results += self.transaction(group)
-        by_loop: dict[asyncio.AbstractEventLoop, tuple[list[Op], list[Any]]] = {}
-        at = 0
-        for loop, part in items:
-            end = at + len(part)
-            mine = by_loop.get(loop)
-            if mine is None:
-                by_loop[loop] = (part, results[at:end]) if len(items) > 1 else (part, results)
+            self._deliver(loop, ops, self.transaction(ops))
+            return
+        group: list[Op] = []
+        writes = 0
+        for op in ops:
+            group.append(op)
+            writes += op[3]
+            if writes >= self.writes_per_commit:
+                self._deliver(loop, group, self.transaction(group))
+                group, writes = [], 0
+        if group:
+            self._deliver(loop, group, self.transaction(group))
+
+    def _deliver(self, loop: asyncio.AbstractEventLoop, ops: list[Op], results: list[Any]) -> None:
+        """Settle what may be acknowledged now; queue the rest for the sync after this commit."""
+        if not self.syncs:
+            _settle(ops, results)
+            return
+        if len(ops) == 1:  # the common case at low load
+            op = ops[0]
+            if not op[3] or type(results[0]) is _Failed:
+                _settle(ops, results)
+            elif self.sync_all or not relaxed(op):
+                self.requests.put((self.commits, loop, ops, results))
             else:
-                mine[0].extend(part)
-                mine[1].extend(results[at:end])
-            at = end
-        for loop, (loop_ops, loop_results) in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
-                loop.call_soon_threadsafe(_settle, loop_ops, loop_results)
+                _settle(ops, results)
+                self._defer(loop)
+            return
+        wait_ops: list[Op] = []
+        wait_results: list[Any] = []
+        now_ops: list[Op] = []
+        now_results: list[Any] = []
+        deferred = False
+        sync_all = self.sync_all
+        for op, result in zip(ops, results, strict=True):
+            if not op[3] or type(result) is _Failed:
+                now_ops.append(op)
+                now_results.append(result)
+            elif sync_all or not relaxed(op):
+                wait_ops.append(op)
+                wait_results.append(result)
+            else:
+                now_ops.append(op)
+                now_results.append(result)
+                deferred = True
+        if now_ops:
+            _settle(now_ops, now_results)
+        if wait_ops:
+            self.requests.put((self.commits, loop, wait_ops, wait_results))
+        elif deferred:
+            self._defer(loop)
+
+    def _defer(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the loop: this commit was acknowledged unsynced; see that a sync starts in time.
+
+        A loop timer, not the sync thread, watches the deadline: most deferred commits are
+        covered by a create's sync before it passes, and waking a thread costs more than
+        a timer. Only a deadline that passes unsynced sends the sync thread a request.
+        """
+        unsynced = self.unsynced
+        unsynced.append((self.commits, loop.time()))
+        if not self.timer_armed:
+            self.timer_armed = True
+            loop.call_at(unsynced[0][1] + self.fsync_interval, self._deadline, loop)
+
+    def _deadline(self, loop: asyncio.AbstractEventLoop) -> None:
+        unsynced = self.unsynced
+        synced = self.synced
+        while unsynced and unsynced[0][0] <= synced:
+            unsynced.popleft()
+        if not unsynced:
+            self.timer_armed = False
+            return
+        due = unsynced[0][1] + self.fsync_interval
+        if due > loop.time():
+            loop.call_at(due, self._deadline, loop)
+            return
+        # A sync that starts after this request covers every commit so far.
+        self.requests.put((self.commits, 0.0))
+        unsynced.clear()
+        self.timer_armed = False
 
     def transaction(self, group: list[Op], isolated: bool = False) -> list[Any]:
         """Run one transaction and return a result (or _Failed) per operation; every
@@ -219,7 +452,7 @@ class Writer(threading.Thread):
             if wrote and self.before_commit is not None:
                 self.before_commit()
             conn.execute("COMMIT")
-        except Exception as error:  # the commit or its sync failed
+        except Exception as error:  # the commit failed
             self.abandon(store)
             return self.fail(group, error)
         if wrote:
@@ -242,3 +475,194 @@ class Writer(threading.Thread):
             if self.path != ":memory:":
                 store.conn.close()
                 self.store = None
+                self._broken = True  # a new WAL: the next sync proves durability by a checkpoint
+
+    # -- the sync thread ----------------------------------------------------------
+    def run(self) -> None:
+        _name_thread("burrow-sync")
+        try:
+            with self.lock:
+                self.store = self.connect()
+                if self.syncs:
+                    self._open_wal()
+            if self.syncs:
+                self._sync()  # the schema, and whatever a crash left unsynced
+        except BaseException as error:
+            self.open_error = error
+            with contextlib.suppress(Exception):
+                self._close()
+            self.ready.set()
+            return
+        self.ready.set()
+        try:
+            self._serve()
+        finally:
+            with self.lock:
+                self._close()
+
+    def _serve(self) -> None:
+        requests = self.requests
+        waiting: list[_Waiting] = []
+        due = 0.0  # when a sync is due though nobody waits for it; 0 = none
+        self.synced = self.commits
+        checkpointed = self.commits
+        next_checkpoint = time.monotonic() + CHECKPOINT_SECONDS
+        stop_by = 0.0  # once STOP came: how long to wait for batches still parked
+        while True:
+            now = time.monotonic()
+            try:
+                if stop_by:
+                    item = requests.get_nowait()
+                else:
+                    wake = min(next_checkpoint, due) if due else next_checkpoint
+                    item = requests.get(timeout=max(0.0, wake - now))
+            except queue_module.Empty:
+                item = None
+            while item is not None:
+                if item is STOP:
+                    stop_by = time.monotonic() + STOP_SECONDS
+                elif len(item) == 4:
+                    waiting.append(item)
+                else:  # a deferred commit's deadline passed: sync now
+                    due = now
+                try:
+                    item = requests.get_nowait()
+                except queue_module.Empty:
+                    item = None
+            now = time.monotonic()
+            checkpoint = now >= next_checkpoint and self.commits != checkpointed and not stop_by
+            if self.syncs and (
+                (waiting and waiting[-1][0] > self.synced) or (due and now >= due) or checkpoint
+            ):
+                # A checkpoint syncs the WAL first; syncing it here keeps that (the lock
+                # held) short, and acknowledges what waits without waiting for the copy.
+                try:
+                    self.synced = self._sync()
+                except Exception as error:
+                    synced = self.synced  # batches an earlier sync covered are on disk all the same
+                    failed = [item for item in waiting if item[0] > synced]
+                    log.error("sqlite sync failed, %d batches not acknowledged: %s", len(failed), error)
+                    self._deliver_synced(failed, _not_synced(error))
+                    waiting = [item for item in waiting if item[0] <= synced]
+                    due = now + 0.05  # what was acknowledged at COMMIT is synced by a retry
+                    checkpoint = False
+                else:
+                    due = 0.0
+            if waiting:
+                self._deliver_synced(waiting, None)
+                waiting = []
+            if stop_by:
+                if (self.parked or not requests.empty()) and now < stop_by:
+                    time.sleep(0.001)  # the loop still runs batches that waited for a checkpoint
+                    continue
+                if self.syncs and self.commits > self.synced:
+                    try:
+                        self.synced = self._sync()
+                    except Exception as error:
+                        log.error("sqlite sync at close failed: %s", error)
+                return
+            if now >= next_checkpoint:
+                next_checkpoint = now + CHECKPOINT_SECONDS
+                if self.path == ":memory:":
+                    continue
+                if checkpoint or (not self.syncs and self.commits != checkpointed):
+                    checkpointed = self.commits
+                    self._checkpoint()
+
+    def _deliver_synced(self, waiting: list[_Waiting], error: BaseException | None) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, tuple[list[Op], list[Any]]] = {}
+        for _, loop, ops, results in waiting:
+            mine = by_loop.setdefault(loop, ([], []))
+            mine[0].extend(ops)
+            mine[1].extend(results if error is None else [_Failed(error)] * len(ops))
+        for loop, (ops, results) in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+                loop.call_soon_threadsafe(_settle, ops, results)
+
+    def _sync(self) -> int:
+        """Make every commit so far durable; return the number of the last one it covers.
+
+        See the module docstring (2, 4 and the failure rule). The WAL descriptor is checked
+        after the sync: if the connection was reopened meanwhile (a new WAL), a checkpoint
+        proves durability instead.
+        """
+        if self.before_sync is not None:
+            try:
+                self.before_sync()
+            except BaseException:
+                self._broken = True
+                raise
+        if self._broken or self._wal_gone():
+            return self._sync_by_checkpoint()
+        target = self.commits
+        try:
+            os.fdatasync(self._wal_fd)
+        except OSError:
+            self._broken = True
+            raise
+        if self._wal_gone():
+            return self._sync_by_checkpoint()
+        self.syncs_done += 1
+        return target
+
+    def _sync_by_checkpoint(self) -> int:
+        """Copy every commit into the database file and sync it (TRUNCATE checkpoint)."""
+        try:
+            with self.lock:
+                store = self.store
+                if store is None:
+                    raise OSError("the database is being reopened")
+                target = self.commits
+                busy = store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                if busy:
+                    raise OSError("a checkpoint could not complete")
+                self._restart_wal(store.conn)
+                self._open_wal()
+        finally:
+            self._unpark_later()
+        self._broken = False
+        self.checkpoints += 1
+        return target
+
+    def _checkpoint(self) -> None:
+        """Copy committed frames into the database file and start the WAL over.
+
+        The loop's batches wait in ``parked`` meanwhile (the copy, one sync of the database
+        file and the restart's header sync: a few milliseconds every ``CHECKPOINT_SECONDS``
+        while writes come). Without this the WAL would grow for as long as writes come.
+        """
+        try:
+            with self.lock:
+                store = self.store
+                if store is None:
+                    return
+                busy, frames, _ = store.conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+                if not busy and frames:
+                    self._restart_wal(store.conn)
+                self.checkpoints += 1
+        except sqlite3.Error as error:
+            log.warning("sqlite checkpoint failed (will retry): %s", error)
+        finally:
+            self._unpark_later()
+
+    @staticmethod
+    def _restart_wal(conn: sqlite3.Connection) -> None:
+        """A one-page write (``user_version``, unchanged) right after a complete checkpoint:
+        it starts the WAL over here, so the restart's header sync is this thread's."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+
+    def _unpark_later(self) -> None:
+        """After this thread released the lock: have the loop run what it parked meanwhile.
+
+        Unconditionally: the loop may have found the lock taken and be about to park a
+        batch right now; ``unpark`` runs after that on the loop's thread and sees it.
+        """
+        if self.loop is not None:
+            with contextlib.suppress(RuntimeError):  # a closed loop has nothing parked
+                self.loop.call_soon_threadsafe(self.unpark)

@@ -1,0 +1,71 @@
+"""The power-cut simulation of ``tests/powercut.c``: build it, load it, pull the plug.
+
+A server started with :meth:`PowerCut.env` keeps, for each file of the data directory,
+a copy as of its last ``fsync``/``fdatasync``. :meth:`PowerCut.restore` (after the
+process is killed) puts those copies in place of the files: what the disk would hold
+after a power cut that lost every write not yet synced.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+SOURCE = Path(__file__).with_name("powercut.c")
+
+
+def compiler() -> str | None:
+    return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+
+
+def build(into: Path) -> Path:
+    """Compile the preload library into ``into``; raises if no C compiler works."""
+    cc = compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler (cc or gcc) to build the power-cut library")
+    lib = into / "libpowercut.so"
+    subprocess.run(
+        [cc, "-shared", "-fPIC", "-O2", "-Wall", "-o", str(lib), str(SOURCE), "-ldl", "-lpthread"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return lib
+
+
+class PowerCut:
+    """One data directory under simulation; the shadow copies live in ``shadow``."""
+
+    def __init__(self, lib: Path, data: Path, shadow: Path) -> None:
+        self.lib = lib
+        self.data = data.resolve()
+        self.shadow = shadow.resolve()
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.shadow.mkdir(parents=True, exist_ok=True)
+
+    def env(self) -> dict[str, str]:
+        """Environment for a server process whose writes to ``data`` are watched."""
+        return {
+            **os.environ,
+            "LD_PRELOAD": str(self.lib),
+            "BURROW_POWERCUT_DIR": str(self.data),
+            "BURROW_POWERCUT_SHADOW": str(self.shadow),
+        }
+
+    def restore(self) -> list[str]:
+        """After the process died: every file becomes its last synced copy (or goes).
+
+        Returns the names of the files that came back. SQLite's ``-shm`` index is removed
+        too (it is rebuilt from the WAL; a power cut would leave it stale or missing).
+        """
+        for path in self.data.iterdir():
+            if path.is_file():
+                path.unlink()
+        back = []
+        for copy in self.shadow.iterdir():
+            if copy.is_file() and not copy.name.endswith(".tmp"):
+                shutil.copyfile(copy, self.data / copy.name)
+                back.append(copy.name)
+        return sorted(back)
