@@ -28,25 +28,40 @@ def _help_for(name: str) -> str:
         " (default: a SQLite file in --data-dir)",
         "data_dir": "directory of the default SQLite store (default: $XDG_DATA_HOME/burrow"
         " or ~/.local/share/burrow)",
-        "fsync": "SQLite durability: always | batch | never",
+        "fsync": "SQLite durability: batch (creates synced before their 2xx, takes and deletes"
+        " within --fsync-interval) | always (every write synced) | never",
+        "fsync_interval": "seconds within which --fsync batch syncs an acknowledged take, hide or"
+        " delete (0 = before its 2xx)",
         "default_ttl": "seconds a message lives when PUT gives no ttl (0 = forever)",
         "default_hide": "seconds a message is hidden when PUT gives no hide",
         "max_wait": "cap on the wait parameter (seconds)",
         "max_limit": "cap on items returned by one GET",
         "max_seconds": "largest ttl or hide accepted",
         "max_body_bytes": "largest request body; larger is 413",
+        "max_response_bytes": "byte budget of one v1.0 list response (at least one message is always"
+        " returned; see docs/api.md)",
         "max_header_bytes": "largest request head; larger is 431",
         "max_header_count": "most request headers; more is 431",
         "max_url_bytes": "longest request target; longer is 414",
         "header_timeout": "seconds to receive a request head (then 408)",
         "body_timeout": "seconds to receive a request body (then 408)",
         "idle_timeout": "seconds an idle keep-alive connection stays open",
-        "max_connections": "most concurrent connections; more get 503",
+        "write_timeout": "seconds unsent output may go unread (it must drain, or shrink by"
+        " --max-unsent-bytes) before the connection is closed",
+        "max_unsent_bytes": "unsent response bytes of one connection over which it stops reading"
+        " until the client has read them",
+        "max_inflight_bytes": "request and response bytes in flight across connections over which"
+        " new requests get 503",
+        "max_connections": "most concurrent connections; more get 503 (needs as many open files"
+        " plus 128; refused at start if the hard limit is lower)",
+        "max_connections_per_client": "most concurrent connections from one client IP address; more get 503",
         "clean_interval": "seconds between cleaner passes",
         "log_level": "debug | info | warning | error",
         "sqs_credentials": "SQS SigV4 credentials ACCESS:SECRET[,ACCESS2:SECRET2]; the access key is the"
         " account; empty = accept any signature",
         "sqs_default_account": "account of SQS requests without an Authorization header",
+        "region": "the AWS region SQS ARNs name; with --sqs-credentials, requests signed for"
+        " another region are refused",
     }
     default = getattr(_DEFAULTS, name)
     return f"{docs.get(name, name)} [default: {default!r}; env BURROW_{name.upper()}]"
@@ -116,20 +131,24 @@ class StartupError(Exception):
 async def _serve(settings: Settings, loop_name: str) -> int:
     from burrow.api.routes import App
     from burrow.backends import open_backend
-    from burrow.http.server import start_server
-    from burrow.service import Service
+    from burrow.engine import Engine
+    from burrow.http.server import ResourceLimitError, ensure_open_files, start_server
 
+    try:
+        ensure_open_files(settings.max_connections)  # before opening the store
+    except ResourceLimitError as error:
+        raise StartupError(str(error)) from error
     url = settings.backend_url()
     try:
         backend = open_backend(url, settings)
-        service = Service(backend, settings)
-        await service.start()
+        engine = Engine(backend, settings)
+        await engine.start()
     except Exception as error:
         raise StartupError(f"cannot open backend {url}: {error}") from error
     try:
-        http = await start_server(App(service), settings)
+        http = await start_server(App(engine), settings)
     except OSError as error:
-        await service.stop()
+        await engine.stop()
         raise StartupError(f"cannot listen on {settings.host}:{settings.port}: {error}") from error
 
     stop = asyncio.Event()
@@ -146,7 +165,8 @@ async def _serve(settings: Settings, loop_name: str) -> int:
     )
     await stop.wait()
     log.info("shutting down")
+    engine.drain()  # parked long polls are answered (404 / empty receive) before connections close
     await http.close()
-    await service.stop()
+    await engine.stop()
     log.info("stopped")
     return 0

@@ -1,18 +1,19 @@
-"""The route table: every path and method Burrow answers, in one place.
+"""The route table: every path and method Burrow answers, in one place (:data:`ROUTES`).
 
 Paths are split on ``/`` *before* percent-decoding, so ``%2F`` is an ordinary
-character inside a name. ``/v1.0`` paths route by depth (accounts, queues,
-messages, message) and method; a known path with an unlisted method is 405,
-anything else is 404.
+character inside a name. A path matches the route whose template has as many segments
+and the same first segment (a literal: ``""`` for ``/``, ``v1.0``), or else the one whose
+first segment is a ``{name}`` parameter; parameters are validated names
+(:func:`burrow.core.validation.name`). A matched path with an unlisted method is 405
+(with ``Allow``); a path no route matches, or one with no burrow v1.0 methods, is 404.
 
-SQS requests are told apart before that, by one rule (:func:`sqs_protocol`), on
-paths v1.0 never uses for these methods (``POST /`` is 405 in v1.0, and v1.0 has no
-two-segment paths outside ``/v1.0``):
+SQS requests go only to the routes marked ``sqs`` (``/`` and the queue URL paths
+``/{account}/{queue}``, paths where v1.0 has no use for these methods) and are told
+apart there by one rule (:func:`sqs_markers`):
 
-* ``POST`` on ``/`` or on a queue URL path ``/{account}/{queue}`` with an
-  ``X-Amz-Target`` header -> SQS JSON 1.0;
-* ``POST`` there with a form (``application/x-www-form-urlencoded``) body, or ``GET``
-  there with ``Action=`` in the query string -> SQS query/XML.
+* ``POST`` with an ``X-Amz-Target`` header -> SQS JSON 1.0;
+* ``POST`` with a form (``application/x-www-form-urlencoded``) body, or ``GET`` with
+  ``Action=`` in the query string -> SQS query/XML.
 
 Everything else, including every path under ``/v1.0``, routes as burrow v1.0.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import NoReturn
 
 import orjson
 
@@ -30,28 +32,77 @@ from burrow.api.sqs_query import SqsQueryApi
 from burrow.api.v1 import JSON, V1Api
 from burrow.core import validation
 from burrow.core.errors import BurrowError, MethodNotAllowed, NotFound
+from burrow.engine import Engine
 from burrow.http.types import Request, Response
-from burrow.service import Service
 from burrow.sqs.service import SqsService
 
 log = logging.getLogger("burrow.api")
 
 V1Handler = Callable[..., Awaitable[Response]]
 
-#: depth below /v1.0 -> method -> handler. Depth 0 is the account list, 1 an account's
-#: queues, 2 a queue's messages, 3 one message.
-V1_ROUTES: dict[int, dict[str, Callable[..., Awaitable[Response]]]] = {
-    0: {"GET": V1Api.list_accounts, "DELETE": V1Api.delete_accounts},
-    1: {"GET": V1Api.list_queues, "DELETE": V1Api.delete_queues},
-    2: {"GET": V1Api.get_messages, "POST": V1Api.update_messages, "DELETE": V1Api.delete_messages},
-    3: {
-        "GET": V1Api.get_message,
-        "PUT": V1Api.put_message,
-        "POST": V1Api.update_message,
-        "DELETE": V1Api.delete_message,
-    },
-}
-ROOT_ROUTES: dict[str, Callable[..., Awaitable[Response]]] = {"GET": V1Api.versions}
+
+class Route:
+    """One path template of the table: its burrow v1.0 handlers by method, and whether SQS
+    requests may arrive on it. Only the first segment may be a literal; the others are
+    parameters, passed (validated) to the handler in order."""
+
+    __slots__ = ("first", "methods", "params", "sqs", "template")
+
+    def __init__(self, template: str, methods: dict[str, V1Handler], *, sqs: bool = False) -> None:
+        segments = template.split("/")[1:]  # "/" is one empty literal segment
+        literal = not segments[0].startswith("{")
+        params = segments[1:] if literal else segments
+        if not all(p.startswith("{") and p.endswith("}") for p in params) or len(params) > 3:
+            raise ValueError(f"route {template!r}: up to 3 parameters, after an optional literal first")
+        self.template = template
+        self.methods = methods
+        self.sqs = sqs
+        #: Parameter names, which are also what validation calls them ("account", ...).
+        self.params = tuple(p[1:-1] for p in params)
+        #: The literal first segment, or None for a parameter.
+        self.first = segments[0] if literal else None
+
+
+#: Every path Burrow answers.
+ROUTES: tuple[Route, ...] = (
+    Route("/", {"GET": V1Api.versions}, sqs=True),
+    Route("/v1.0", {"GET": V1Api.list_accounts, "DELETE": V1Api.delete_accounts}),
+    Route("/v1.0/{account}", {"GET": V1Api.list_queues, "DELETE": V1Api.delete_queues}),
+    Route(
+        "/v1.0/{account}/{queue}",
+        {"GET": V1Api.get_messages, "POST": V1Api.update_messages, "DELETE": V1Api.delete_messages},
+    ),
+    Route(
+        "/v1.0/{account}/{queue}/{message}",
+        {
+            "GET": V1Api.get_message,
+            "PUT": V1Api.put_message,
+            "POST": V1Api.update_message,
+            "DELETE": V1Api.delete_message,
+        },
+    ),
+    Route("/{account}/{queue}", {}, sqs=True),  # SQS queue URLs
+)
+
+# The table compiled for lookup by (number of "/"-separated parts, first segment), then by the
+# number of parts alone for templates whose first segment is a parameter.
+_BY_FIRST: dict[tuple[int, str], Route] = {}
+_BY_PARTS: dict[int, Route] = {}
+for _route in ROUTES:
+    _n = len(_route.params) + (2 if _route.first is not None else 1)
+    if _route.first is not None:
+        _BY_FIRST[(_n, _route.first)] = _route
+    else:
+        _BY_PARTS[_n] = _route
+
+
+def route_for(path: str) -> tuple[Route | None, list[str]]:
+    """The route ``path`` matches (None if none), and the path split on ``/``."""
+    parts = path.split("/")
+    n = len(parts)
+    if n < 2 or parts[0]:
+        return None, parts
+    return _BY_FIRST.get((n, parts[1])) or _BY_PARTS.get(n), parts
 
 
 def error_response(error: BurrowError) -> Response:
@@ -65,10 +116,10 @@ def error_response(error: BurrowError) -> Response:
 class App:
     """The request handler the HTTP layer calls: route, run, map errors to statuses."""
 
-    def __init__(self, service: Service) -> None:
-        self.service = service
-        self.v1 = V1Api(service)
-        sqs, auth = SqsService(service), Authenticator(service.settings)
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.v1 = V1Api(engine)
+        sqs, auth = SqsService(engine), Authenticator(engine.settings)
         self.sqs_json = SqsJsonApi(sqs, auth)
         self.sqs_query = SqsQueryApi(sqs, auth)
 
@@ -76,48 +127,48 @@ class App:
         # Routing runs inline here rather than in a separate ``_dispatch`` coroutine: every
         # coroutine frame costs on each request (this is the hot path of the whole server).
         try:
-            path = request.path
-            # No path under /v1.0/ is SQS (see sqs_protocol), so those skip that check.
-            if not path.startswith("/v1.0/"):
-                protocol = sqs_protocol(request)
+            # route_for(), inlined (a call and a tuple less per request)
+            parts = request.path.split("/")
+            n = len(parts)
+            route = None if n < 2 or parts[0] else _BY_FIRST.get((n, parts[1])) or _BY_PARTS.get(n)
+            if route is None:
+                raise NotFound(f"no such path {request.path[:200]!r}; the API lives under /v1.0")
+            if route.sqs:
+                protocol = sqs_markers(request)
                 if protocol is not None:
                     return await (self.sqs_json if protocol == "json" else self.sqs_query)(request)
-                if path == "/":
-                    root = ROOT_ROUTES.get(request.method) or _pick(ROOT_ROUTES, request.method)
-                    return await root(self.v1, request)
-            parts = path.split("/")
-            # parts[0] is the empty string before the leading slash.
-            n = len(parts)
-            if n < 2 or parts[0] or parts[1] != "v1.0" or n > 5:
-                raise NotFound(f"no such path {path[:200]!r}; the API lives under /v1.0")
-            routes = V1_ROUTES[n - 2]
-            handler = routes.get(request.method) or _pick(routes, request.method)
+            handler = route.methods.get(request.method) or _pick(route, request)
+            params = route.params
+            if not params:
+                return await handler(self.v1, request)
             name = validation.name
-            if n == 5:
+            at = 2 if route.first is not None else 1  # where the parameters start in parts
+            if len(params) == 3:
                 return await handler(
                     self.v1,
                     request,
-                    name(parts[2], "account"),
-                    name(parts[3], "queue"),
-                    name(parts[4], "message"),
+                    name(parts[at], params[0]),
+                    name(parts[at + 1], params[1]),
+                    name(parts[at + 2], params[2]),
                 )
-            if n == 4:
-                return await handler(self.v1, request, name(parts[2], "account"), name(parts[3], "queue"))
-            if n == 3:
-                return await handler(self.v1, request, name(parts[2], "account"))
-            return await handler(self.v1, request)
+            if len(params) == 2:
+                return await handler(
+                    self.v1, request, name(parts[at], params[0]), name(parts[at + 1], params[1])
+                )
+            return await handler(self.v1, request, name(parts[at], params[0]))
         except BurrowError as error:
             return error_response(error)
 
 
-def sqs_protocol(request: Request) -> str | None:
-    """``"json"`` or ``"query"`` for an SQS request (see the module docstring), else None."""
-    method, path = request.method, request.path
-    if method not in ("POST", "GET") or (path != "/" and (path.count("/") != 2 or path.startswith("/v1.0/"))):
-        return None
+def sqs_markers(request: Request) -> str | None:
+    """``"json"`` or ``"query"`` if ``request`` is marked as SQS (see the module docstring), else
+    None. Its path is not looked at: only routes marked ``sqs`` ask."""
+    method = request.method
     if method == "GET":
         query = request.query
         return "query" if query.startswith("Action=") or "&Action=" in query else None
+    if method != "POST":
+        return None
     if "x-amz-target" in request.headers:
         return "json"
     if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
@@ -125,11 +176,15 @@ def sqs_protocol(request: Request) -> str | None:
     return None
 
 
-def _pick(
-    routes: dict[str, Callable[..., Awaitable[Response]]], method: str
-) -> Callable[..., Awaitable[Response]]:
-    handler = routes.get(method)
-    if handler is None:
-        allow = ", ".join(routes)
-        raise MethodNotAllowed(f"method {method} is not allowed here; allowed: {allow}", allow)
-    return handler
+def sqs_protocol(request: Request) -> str | None:
+    """``"json"`` or ``"query"`` for a request the table sends to SQS, else None."""
+    route, _ = route_for(request.path)
+    return sqs_markers(request) if route is not None and route.sqs else None
+
+
+def _pick(route: Route, request: Request) -> NoReturn:
+    """The 405 (or, on a path with no v1.0 methods, the 404) for a method ``route`` lacks."""
+    if not route.methods:
+        raise NotFound(f"no such path {request.path[:200]!r}; the API lives under /v1.0")
+    allow = ", ".join(route.methods)
+    raise MethodNotAllowed(f"method {request.method} is not allowed here; allowed: {allow}", allow)

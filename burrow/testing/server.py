@@ -8,14 +8,15 @@ from dataclasses import dataclass
 
 from burrow.api.routes import App
 from burrow.backends import open_backend
+from burrow.clock import Clock
 from burrow.config import Settings
+from burrow.engine import Engine
 from burrow.http.server import HttpServer, start_server
-from burrow.service import Clock, Service
 
 
 @dataclass
 class RunningServer:
-    service: Service
+    engine: Engine
     http: HttpServer
 
     @property
@@ -34,11 +35,12 @@ async def running_server(
     """Serve until the block exits; readiness is the listening socket, never a sleep."""
     settings = (settings or Settings(backend="memory://")).replace(host="127.0.0.1", port=0)
     backend = open_backend(settings.backend_url(), settings)
-    service = Service(backend, settings) if clock is None else Service(backend, settings, clock)
-    await service.start()
-    http = await start_server(App(service), settings)
+    engine = Engine(backend, settings, clock)
+    await engine.start()
+    http = await start_server(App(engine), settings)
     try:
-        yield RunningServer(service, http)
+        yield RunningServer(engine, http)
     finally:
+        engine.drain()  # parked long polls get their answer before connections close
         await http.close()
-        await service.stop()
+        await engine.stop()
