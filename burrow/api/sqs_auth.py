@@ -1,14 +1,17 @@
 """Who sends an SQS request: the SigV4 ``Authorization`` header, verified or not.
 
-* The credential's access key *is* the Burrow account; its scope's region names the
-  region in ARNs. A request with no ``Authorization`` header uses
-  ``Settings.sqs_default_account`` and region ``us-east-1``.
+* The credential's access key *is* the Burrow account. A request with no
+  ``Authorization`` header uses ``Settings.sqs_default_account``.
+* The server is one region, ``Settings.region``: every Caller carries it, so ARNs
+  always name it, whatever region a request was signed for.
 * With ``Settings.sqs_credentials`` empty (the default, for local use) any signature
-  is accepted unchecked, like ElasticMQ and moto, and a QueueUrl may name any account.
+  is accepted unchecked, like ElasticMQ and moto, whatever region and service its
+  scope names, and a QueueUrl may name any account.
 * With credentials configured, every request must be signed with a configured key
-  (InvalidClientTokenId otherwise), the signature must match (SignatureDoesNotMatch)
-  and ``X-Amz-Date`` must be within 15 minutes of the server clock; a caller then
-  reaches only its own account (AccessDenied otherwise).
+  (InvalidClientTokenId otherwise), for this region and the ``sqs`` service, the
+  signature must match (SignatureDoesNotMatch for all three, 403) and ``X-Amz-Date``
+  must be within 15 minutes of the server clock; a caller then reaches only its own
+  account (AccessDenied otherwise).
 
 The canonical request follows the SigV4 rules as botocore applies them: the
 already-encoded path is encoded once more, query pairs are sorted.
@@ -26,7 +29,6 @@ from urllib.parse import quote, unquote
 from burrow.config import Settings
 from burrow.http.types import Request
 from burrow.sqs.errors import SqsError
-from burrow.sqs.model import DEFAULT_REGION
 from burrow.sqs.params import Caller
 
 _ALGORITHM = "AWS4-HMAC-SHA256"
@@ -53,6 +55,7 @@ class Authenticator:
         self.secrets = parse_credentials(settings.sqs_credentials)
         self.strict = bool(self.secrets)
         self.default_account = settings.sqs_default_account
+        self.region = settings.region
         self.fallback_host = f"{settings.host}:{settings.port}"
         #: Dev mode only: (credential scope, Host) -> Caller.
         self._dev_cache: dict[tuple[str, str], Caller] = {}
@@ -64,7 +67,7 @@ class Authenticator:
         if auth is None:
             if self.strict:
                 raise SqsError("MissingAuthenticationToken", "Request is missing Authentication Token")
-            return Caller(self.default_account, DEFAULT_REGION, host)
+            return Caller(self.default_account, self.region, host)
         if not self.strict:
             # Signatures differ on every request but the credential scope does not: cache on it.
             start = auth.find("Credential=")
@@ -85,7 +88,7 @@ class Authenticator:
                 raise SqsError(
                     "IncompleteSignature", "The request signature does not conform to AWS standards."
                 )
-            return Caller(self.default_account, DEFAULT_REGION, host)
+            return Caller(self.default_account, self.region, host)
         scope = match["cred"].split("/")
         access = scope[0]
         if not _ACCESS_KEY.fullmatch(access):
@@ -93,19 +96,26 @@ class Authenticator:
                 "InvalidClientTokenId",
                 "The access key names the Burrow account: 1 to 128 of A-Z a-z 0-9 _ . -",
             )
-        if self.strict and (len(scope) != 5 or scope[3] != "sqs" or scope[4] != "aws4_request"):
+        if self.strict and (len(scope) != 5 or scope[4] != "aws4_request"):
             raise SqsError(
                 "IncompleteSignature", "Credential must be <key>/<date>/<region>/sqs/aws4_request."
             )
-        region = scope[2] if len(scope) == 5 and scope[2] else DEFAULT_REGION
         if self.strict:
             self._verify(request, match, scope, now)
-        return Caller(access, region, host, self.strict)
+        return Caller(access, self.region, host, self.strict)
 
     def _verify(self, request: Request, match: re.Match[str], scope: list[str], now: float) -> None:
         secret = self.secrets.get(scope[0])
         if secret is None:
             raise SqsError("InvalidClientTokenId", "The security token included in the request is invalid.")
+        if scope[2] != self.region:
+            raise SqsError(
+                "SignatureDoesNotMatch",
+                f"Credential should be scoped to a valid region, not '{scope[2][:64]}'"
+                f" (this server is {self.region}).",
+            )
+        if scope[3] != "sqs":
+            raise SqsError("SignatureDoesNotMatch", "Credential should be scoped to correct service: 'sqs'.")
         headers = request.headers
         amz_date = headers.get("x-amz-date", "")
         try:

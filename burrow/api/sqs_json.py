@@ -67,7 +67,7 @@ class SqsJsonApi:
                 raise SqsError(
                     "InvalidAction", f"Unknown X-Amz-Target {target[:100]!r}; expected AmazonSQS.<Action>."
                 )
-            caller = self.auth.caller(request, self.sqs.now())
+            caller = self.auth.caller(request, self.sqs.wall_clock())
             params = _params(request.body)
             result = await run(self.sqs, caller, target[len(_PREFIX) :], params)
             return Response(200, orjson.dumps(result), JSON_10, [("x-amzn-RequestId", request_id)])

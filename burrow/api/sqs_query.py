@@ -208,7 +208,7 @@ class SqsQueryApi:
     async def __call__(self, request: Request) -> Response:
         request_id = new_id()
         try:
-            caller = self.auth.caller(request, self.sqs.now())
+            caller = self.auth.caller(request, self.sqs.wall_clock())
             action, members = query_params(request)
             result = await run(self.sqs, caller, action, members)
             return Response(200, render(action, result, request_id), XML, [("x-amzn-RequestId", request_id)])

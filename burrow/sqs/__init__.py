@@ -1,7 +1,7 @@
 """The SQS-compatible API: queue semantics of Amazon SQS over the Burrow store.
 
 Pure parts (no I/O): :mod:`errors`, :mod:`digests`, :mod:`validation`, :mod:`model`,
-:mod:`fifo`. Parts that touch the store through :class:`burrow.service.Service`:
+:mod:`fifo`. Parts that reach the store through the queue engine (:class:`burrow.engine.Engine`):
 :mod:`queues` (queue registry in queue metadata), :mod:`messages` (send, receive,
 delete, visibility), :mod:`redrive` (message move tasks), tied together by
 :mod:`service`. :mod:`actions` maps JSON-shaped requests to those calls; the HTTP

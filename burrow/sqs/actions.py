@@ -19,14 +19,6 @@ from burrow.sqs.service import SqsService
 Action = Callable[[SqsService, Caller, Params], Awaitable[dict[str, Any]]]
 
 
-async def _unsupported(sqs: SqsService, caller: Caller, p: Params) -> dict[str, Any]:
-    raise SqsError(
-        "UnsupportedOperation",
-        "Queue permissions (AddPermission/RemovePermission) are not"
-        " supported by Burrow; access is per account (see docs/sqs.md).",
-    )
-
-
 ACTIONS: dict[str, Action] = {
     "CreateQueue": qa.create_queue,
     "GetQueueUrl": qa.get_queue_url,
@@ -42,6 +34,8 @@ ACTIONS: dict[str, Action] = {
     "StartMessageMoveTask": qa.start_message_move_task,
     "ListMessageMoveTasks": qa.list_message_move_tasks,
     "CancelMessageMoveTask": qa.cancel_message_move_task,
+    "AddPermission": qa.add_permission,
+    "RemovePermission": qa.remove_permission,
     "SendMessage": msg.send_message,
     "SendMessageBatch": msg.send_message_batch,
     "ReceiveMessage": msg.receive_message,
@@ -49,8 +43,6 @@ ACTIONS: dict[str, Action] = {
     "DeleteMessageBatch": msg.delete_message_batch,
     "ChangeMessageVisibility": msg.change_message_visibility,
     "ChangeMessageVisibilityBatch": msg.change_message_visibility_batch,
-    "AddPermission": _unsupported,
-    "RemovePermission": _unsupported,
 }
 
 

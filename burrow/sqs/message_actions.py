@@ -1,8 +1,8 @@
 """SQS actions on messages: send, receive, delete, change visibility, and their batches.
 
-Batches check the request as a whole first (empty, too many, ids, total size: a 400
-for the whole call), then run each entry on its own and report it under Successful
-or Failed, like AWS.
+Batches check the request as a whole first (empty, too many, ids, total size and, on
+a FIFO queue, every entry's group and deduplication ids: a 400 for the whole call),
+then run each entry on its own and report it under Successful or Failed, like AWS.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 from burrow.sqs import validation
 from burrow.sqs.digests import md5_of_attributes, md5_of_body
-from burrow.sqs.errors import SqsError
+from burrow.sqs.errors import SqsError, invalid, missing
 from burrow.sqs.messages import Outgoing, Received, Sent
 from burrow.sqs.model import Attribute
 from burrow.sqs.params import Caller, Params, integer, queue, required_text, strings, text
@@ -86,7 +86,7 @@ async def _batch(
 
 async def send_message_batch(sqs: SqsService, caller: Caller, p: Params) -> Result:
     q = await queue(sqs, caller, p)
-    entries = validation.batch_ids(p.get("Entries"))
+    entries = validation.batch_ids(p.get("Entries"), "SendMessageBatchRequestEntry")
     total = 0
     for entry in entries:
         body = entry.get("MessageBody")
@@ -101,23 +101,55 @@ async def send_message_batch(sqs: SqsService, caller: Caller, p: Params) -> Resu
             f" {validation.MAX_BATCH_BYTES} bytes. You have sent {total} bytes.",
         )
 
+    # Every entry is checked before any is sent: on a FIFO queue an entry without its
+    # group id (or dedup id) fails the whole request, as on AWS, and then nothing is sent.
+    checked: dict[str, Outgoing | SqsError] = {}
+    for entry in entries:
+        if q.fifo:
+            _require_fifo_ids(q, entry)
+        entry_id = str(entry["Id"])  # checked by batch_ids: distinct strings
+        try:
+            checked[entry_id] = sqs.messages.check(q, _outgoing(entry))
+        except SqsError as error:  # the entry's own failure: reported under Failed
+            checked[entry_id] = error
+
     async def one(entry: Mapping[str, Any]) -> Result:
-        out = sqs.messages.check(q, _outgoing(entry))
+        out = checked[str(entry["Id"])]
+        if isinstance(out, SqsError):
+            raise out
         return _sent(await sqs.messages.send(q, out, caller.account))
 
     return await _batch(entries, one)
+
+
+def _require_fifo_ids(q: Queue, entry: Mapping[str, Any]) -> None:
+    """The ids a FIFO batch entry must carry; AWS fails the whole batch when one lacks them."""
+    if entry.get("MessageGroupId") is None:
+        raise missing("MessageGroupId")
+    if (
+        entry.get("MessageDeduplicationId") is None
+        and q.state.attribute("ContentBasedDeduplication") != "true"
+    ):
+        raise invalid(
+            "The queue should either have ContentBasedDeduplication enabled or"
+            " MessageDeduplicationId provided explicitly"
+        )
 
 
 # -- receive -------------------------------------------------------------------------
 
 
 def _wanted_attributes(names: list[str], attributes: dict[str, Attribute]) -> dict[str, Attribute]:
-    """Message attributes selected by MessageAttributeNames: names, ``All``, ``.*`` or ``prefix.*``."""
+    """Message attributes selected by MessageAttributeNames: names, ``All``, ``.*`` or ``prefix.*``.
+
+    As on AWS, ``prefix.*`` selects every name that starts with ``prefix`` (the ``.*``
+    is a wildcard, not part of the prefix): ``Hel.*`` selects ``Hello`` and ``Help.Me``.
+    """
     if not names or not attributes:
         return {}
     if "All" in names or ".*" in names:
         return attributes
-    prefixes = tuple(n[:-1] for n in names if n.endswith(".*"))
+    prefixes = tuple(n[:-2] for n in names if n.endswith(".*"))
     exact = set(names)
     return {k: v for k, v in attributes.items() if k in exact or (prefixes and k.startswith(prefixes))}
 
@@ -204,7 +236,7 @@ async def delete_message(sqs: SqsService, caller: Caller, p: Params) -> Result:
 
 async def delete_message_batch(sqs: SqsService, caller: Caller, p: Params) -> Result:
     q = await queue(sqs, caller, p)
-    entries = validation.batch_ids(p.get("Entries"))
+    entries = validation.batch_ids(p.get("Entries"), "DeleteMessageBatchRequestEntry")
 
     async def one(entry: Mapping[str, Any]) -> Result:
         await sqs.messages.delete(q, required_text(entry, "ReceiptHandle"))
@@ -228,7 +260,7 @@ async def change_message_visibility(sqs: SqsService, caller: Caller, p: Params) 
 
 async def change_message_visibility_batch(sqs: SqsService, caller: Caller, p: Params) -> Result:
     q = await queue(sqs, caller, p)
-    entries = validation.batch_ids(p.get("Entries"))
+    entries = validation.batch_ids(p.get("Entries"), "ChangeMessageVisibilityBatchRequestEntry")
 
     async def one(entry: Mapping[str, Any]) -> Result:
         await _change(sqs, q, entry)

@@ -1,32 +1,37 @@
-"""SQS message operations over the Burrow store: send, receive, delete, visibility.
+"""SQS message operations over the queue engine: send, receive, delete, visibility.
 
 Storage mapping: one SQS message is one Burrow message in (account, queue) with the
 same id; the body is the UTF-8 body, ``expires`` is send time + MessageRetentionPeriod,
-``hidden_until`` is the delay or the visibility deadline, and ``meta`` holds the rest
-(:class:`~burrow.sqs.model.MessageMeta`).
+``hidden_until`` is the delay or the visibility deadline, ``meta`` holds the SQS
+extras (:class:`~burrow.sqs.model.MessageMeta`), and the store's own per-message data
+holds the receive count, first-receive time, FIFO group and sequence number.
 
-A receive claims each candidate with a compare-and-set on ``hidden_until`` (and
-bumps the receive count in ``meta``), so two receivers never both get a message and
-the loser simply moves on. Delete and ChangeMessageVisibility check the receipt's
-receive count against the stored one, then write with the same compare-and-set.
+Each operation is one engine call, made atomic by the store: a receive is a *claim*
+(take, hide and count in one call; FIFO queues by group), a delete is a delete
+conditional on the receipt's receive count, a FIFO send assigns the sequence number
+and checks deduplication in the same call, and a dead-letter redrive is a *move*.
 """
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, replace
 
-from burrow.core.model import ALL_MESSAGES, Message, new_filter, new_update
-from burrow.service import Service
+from burrow.core.model import Message
+from burrow.engine import Engine
 from burrow.sqs import fifo
 from burrow.sqs.digests import md5_of_attributes, md5_of_body
 from burrow.sqs.errors import SqsError, invalid
-from burrow.sqs.model import Attribute, MessageMeta, Receipt, new_id, queue_arn, receipt_handle
-from burrow.sqs.queues import FIFO_SUFFIX, Queue, QueueRegistry
-from burrow.sqs.validation import MAX_VISIBILITY
-
-#: Rounds of "fetch candidates, claim them" per receive attempt; each round makes progress.
-_CLAIM_ROUNDS = 4
+from burrow.sqs.model import (
+    Attribute,
+    MessageMeta,
+    Receipt,
+    new_id,
+    queue_arn,
+    receipt_handle,
+    sequence_number,
+)
+from burrow.sqs.queues import Queue, QueueRegistry
+from burrow.sqs.validation import DEDUP_WINDOW, MAX_VISIBILITY
 
 # The values below are built on every send or receive: slotted, not frozen (a frozen
 # __init__ costs about 0.1 us per field), and never changed once built.
@@ -71,11 +76,9 @@ def _ms(now: float) -> int:
 class Messages:
     """Message operations of the SQS API."""
 
-    def __init__(self, service: Service, queues: QueueRegistry) -> None:
-        self.service = service
-        self.backend = service.backend
+    def __init__(self, engine: Engine, queues: QueueRegistry) -> None:
+        self.engine = engine
         self.queues = queues
-        self._fifo_locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     # -- send -------------------------------------------------------------------
     def check(self, queue: Queue, out: Outgoing) -> Outgoing:
@@ -110,7 +113,7 @@ class Messages:
 
     async def send(self, queue: Queue, out: Outgoing, sender: str) -> Sent:
         """Store one message (already passed through :meth:`check`)."""
-        now = self.service.clock()
+        now = self.engine.now()
         delay = queue.number("DelaySeconds") if out.delay is None else out.delay
         attributes = out.attributes or {}
         data = out.body.encode("utf-8")
@@ -118,34 +121,30 @@ class Messages:
             sent=_ms(now),
             attributes=attributes,
             trace_header=out.trace_header,
-            group=out.group,
             dedup_id=out.dedup_id,
             sender=sender,
-        )
+        ).encode()
+        retention = queue.number("MessageRetentionPeriod")
         message_id = new_id()
         sequence = None
         if queue.fifo:
             assert out.dedup_id is not None and out.group is not None
-            key = (queue.account, queue.name)
-            lock = self._fifo_locks.get(key)
-            if lock is None:
-                lock = self._fifo_locks[key] = asyncio.Lock()
-            async with lock:
-                raw = await self.backend.get_queue_meta(queue.account, queue.name + FIFO_SUFFIX)
-                fifo_state = fifo.FifoState.decode(raw)
-                fifo_state.prune(now)
-                dedup = fifo.dedup_key(out.dedup_id, out.group, queue.state.attribute("DeduplicationScope"))
-                seen = fifo_state.duplicate(dedup, now)
-                if seen is not None:
-                    message_id, sequence = seen
-                else:
-                    sequence = fifo_state.record(dedup, message_id, now)
-                    await self._put(queue, message_id, data, replace(meta, sequence=sequence), delay, now)
-                    await self.backend.set_queue_meta(
-                        queue.account, queue.name + FIFO_SUFFIX, fifo_state.encode()
-                    )
+            key = fifo.dedup_key(out.dedup_id, out.group, queue.state.attribute("DeduplicationScope"))
+            stored = await self.engine.send(
+                queue.account,
+                queue.name,
+                message_id,
+                data,
+                retention,
+                delay,
+                meta,
+                out.group,
+                key,
+                int(DEDUP_WINDOW),
+            )
+            message_id, sequence = stored.message, sequence_number(stored.sequence)
         else:
-            await self._put(queue, message_id, data, meta, delay, now)
+            await self.engine.put_message(queue.account, queue.name, message_id, data, retention, delay, meta)
         trace = {"AWSTraceHeader": Attribute("String", out.trace_header)} if out.trace_header else {}
         return Sent(
             message_id,
@@ -155,107 +154,53 @@ class Messages:
             sequence,
         )
 
-    async def _put(
-        self, queue: Queue, message_id: str, body: bytes, meta: MessageMeta, delay: int, now: float
-    ) -> None:
-        expires = now + queue.number("MessageRetentionPeriod")
-        hidden = now + delay if delay else 0.0
-        await self.backend.put_message(
-            queue.account, queue.name, message_id, body, expires, hidden, now, meta.encode()
-        )
-        if not delay:
-            self.service.notify((queue.account, queue.name))
-
     # -- receive ----------------------------------------------------------------
     async def receive(
         self, queue: Queue, limit: int, visibility: int, wait: int, region: str
     ) -> list[Received]:
-        """Claim up to ``limit`` messages, long polling up to ``wait`` seconds when there are none."""
+        """Claim up to ``limit`` messages, long polling up to ``wait`` seconds when there are none.
 
-        if wait <= 0:
-            return await self._claim(queue, limit, visibility, region)
-
-        async def attempt() -> list[Received]:
-            return await self._claim(queue, limit, visibility, region)
-
-        return await self.service.poll(queue.account, queue.name, wait, attempt)
-
-    async def _claim(self, queue: Queue, limit: int, visibility: int, region: str) -> list[Received]:
-        now = self.service.clock()
+        A claimed message past its queue's maxReceiveCount goes to the dead-letter queue
+        instead of to the caller (so a receive may return fewer than it claimed).
+        """
+        claimed = await self.engine.claim(queue.account, queue.name, limit, visibility, wait, queue.fifo)
+        if not claimed:
+            return []
+        now_ms = _ms(self.engine.now())
+        redrive = queue.redrive()
         out: list[Received] = []
-        if queue.fifo:
-            messages = await self.backend.get_messages(queue.account, queue.name, ALL_MESSAGES, now)
-            failed: set[str] = set()
-            decoded = ((m, MessageMeta.decode(m.meta)) for m in messages)
-            for m, meta in fifo.receivable(decoded, now, limit):
-                if (meta.group or "") in failed:
-                    continue
-                got = await self._claim_one(queue, m, meta, visibility, now, region)
-                if isinstance(got, Received):
-                    out.append(got)
-                elif not got:
-                    failed.add(meta.group or "")
-            return out
-        marker = None
-        for _ in range(_CLAIM_ROUNDS):
-            want = limit - len(out)
-            batch = await self.backend.get_messages(
-                queue.account, queue.name, new_filter(want, marker, False), now
-            )
-            for m in batch:
-                got = await self._claim_one(queue, m, MessageMeta.decode(m.meta), visibility, now, region)
-                if isinstance(got, Received):
-                    out.append(got)
-            if len(out) >= limit or len(batch) < want:
-                break
-            marker = batch[-1].id
+        for m in claimed:
+            if (
+                redrive is not None
+                and m.receives > redrive[2]
+                and await self._dead_letter(queue, m, redrive, region)
+            ):
+                continue
+            receipt = receipt_handle(queue.account, queue.name, m.id, m.receives, now_ms)
+            out.append(Received(m, MessageMeta.of(m), receipt))
         return out
 
-    async def _claim_one(
-        self, queue: Queue, m: Message, meta: MessageMeta, visibility: int, now: float, region: str
-    ) -> Received | bool:
-        """Claim one message: the Received; True when it went to the dead-letter queue; False when lost."""
-        redrive = queue.redrive()
-        if (
-            redrive is not None
-            and meta.receive_count >= redrive[2]
-            and await self._dead_letter(queue, m, meta, redrive, now, region)
-        ):
-            return True
-        claimed = meta.received(_ms(now))
-        update = new_update(None, now + visibility if visibility else now, claimed.encode())
-        stored = await self.backend.update_message(
-            queue.account, queue.name, m.id, update, now, expect_hidden_until=m.hidden_until
-        )
-        if stored is None:
-            return False
-        receipt = receipt_handle(queue.account, queue.name, m.id, claimed.receive_count)
-        return Received(stored, claimed, receipt)
-
     async def _dead_letter(
-        self,
-        queue: Queue,
-        m: Message,
-        meta: MessageMeta,
-        redrive: tuple[str, str, int],
-        now: float,
-        region: str,
+        self, queue: Queue, m: Message, redrive: tuple[str, str, int], region: str
     ) -> bool:
-        """Move a message that exhausted maxReceiveCount to its dead-letter queue (False: no DLQ there)."""
+        """Move a message that exceeded maxReceiveCount to its dead-letter queue (False: no DLQ there)."""
         dlq = await self.queues.find(redrive[0], redrive[1])
         if dlq is None or (dlq.account, dlq.name) == (queue.account, queue.name):
             return False  # no DLQ there, or the queue itself (a policy stored before that was refused)
+        meta = MessageMeta.decode(m.meta)
         moved = replace(meta, dlq_source=queue_arn(region, queue.account, queue.name))
-        sent = meta.sent / 1000 if meta.sent else now
-        expires = sent + dlq.number("MessageRetentionPeriod")
-        await self.backend.put_message(dlq.account, dlq.name, m.id, m.body, expires, 0.0, now, moved.encode())
-        gone = await self.backend.delete_message(
-            queue.account, queue.name, m.id, now, expect_hidden_until=m.hidden_until
+        await self.engine.move(
+            queue.account,
+            queue.name,
+            m.id,
+            dlq.account,
+            dlq.name,
+            dlq.number("MessageRetentionPeriod"),
+            meta=moved.encode(),
+            receives=m.receives - 1,  # the deliveries made; the claim that moves it is not one
+            expect_receives=m.receives,
+            sent=meta.sent / 1000 if meta.sent else None,
         )
-        if gone is None:  # another receiver claimed it meanwhile: undo the copy
-            await self.backend.delete_message(dlq.account, dlq.name, m.id, now)
-            return True
-        self.service.notify((dlq.account, dlq.name))
         return True
 
     # -- delete and visibility ---------------------------------------------------
@@ -272,39 +217,35 @@ class Messages:
     async def delete(self, queue: Queue, handle: str) -> None:
         """Delete if ``handle`` is the latest receipt; an older one succeeds and deletes nothing (as AWS)."""
         receipt = self._receipt(queue, handle)
-        now = self.service.clock()
-        m = await self.backend.get_message(queue.account, queue.name, receipt.message, now)
-        if m is None or MessageMeta.receive_count_of(m.meta) != receipt.receive_count:
-            return
-        gone = await self.backend.delete_message(
-            queue.account, queue.name, receipt.message, now, expect_hidden_until=m.hidden_until
+        await self.engine.delete_message(
+            queue.account, queue.name, receipt.message, expect_receives=receipt.receive_count
         )
-        if gone is not None and queue.fifo:
-            self.service.notify((queue.account, queue.name))  # its group may be unblocked now
 
     async def change_visibility(self, queue: Queue, handle: str, timeout: int) -> None:
+        """Set a new visibility timeout on an in-flight message.
+
+        As AWS, any receipt handle of the message works, not only the latest: the
+        message must exist and be in flight. The 12-hour cap counts from the receive
+        the handle came from.
+        """
         receipt = self._receipt(queue, handle)
-        now = self.service.clock()
-        m = await self.backend.get_message(queue.account, queue.name, receipt.message, now)
-        meta = None if m is None else MessageMeta.decode(m.meta)
+        now = self.engine.now()
+        m = await self.engine.get_message(queue.account, queue.name, receipt.message)
         unavailable = invalid(
             f"Value {handle[:200]} for parameter ReceiptHandle is invalid. Reason: Message does"
             " not exist or is not available for visibility timeout change."
         )
-        if m is None or meta is None or meta.receive_count != receipt.receive_count:
+        if m is None:
             raise unavailable
-        if m.hidden_until <= now:
+        if m.hidden_until <= now or not m.receives:
             raise SqsError("MessageNotInflight", "The message referred to is not in flight.")
-        if meta.last_receive and now + timeout - meta.last_receive / 1000 > MAX_VISIBILITY:
+        if now + timeout - receipt.received / 1000 > MAX_VISIBILITY:
             raise invalid(
                 f"Value {timeout} for parameter VisibilityTimeout is invalid. Reason: Total"
                 " VisibilityTimeout for the message is beyond the limit [43200 seconds]"
             )
-        update = new_update(None, now + timeout if timeout else now)
-        stored = await self.backend.update_message(
-            queue.account, queue.name, m.id, update, now, expect_hidden_until=m.hidden_until
+        stored = await self.engine.update_message(
+            queue.account, queue.name, m.id, None, timeout, expect_hidden_until=m.hidden_until
         )
         if stored is None:
             raise unavailable
-        if not timeout:
-            self.service.notify((queue.account, queue.name))

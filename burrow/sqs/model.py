@@ -26,6 +26,8 @@ from typing import Any
 
 import orjson
 
+from burrow.core.model import Message
+
 DEFAULT_ACCOUNT = "000000000000"
 DEFAULT_REGION = "us-east-1"
 
@@ -84,34 +86,33 @@ def _unpack_attributes(packed: dict[str, list[str]]) -> dict[str, Attribute]:
 
 @dataclass(slots=True)
 class MessageMeta:
-    """SQS data of one message. Times are epoch milliseconds."""
+    """SQS data of one message. Times are epoch milliseconds.
+
+    Only the first group of fields is stored (in ``Message.meta``); the receive count,
+    first-receive time, group and sequence number are the store's own per-message data
+    (``Message.receives`` ...), which its atomic claim and FIFO send maintain, and are
+    filled in by :meth:`of`.
+    """
 
     sent: int = 0
-    receive_count: int = 0
-    first_receive: int = 0
-    #: When the current receive claimed it (for the 12 h visibility cap).
-    last_receive: int = 0
     attributes: dict[str, Attribute] = field(default_factory=dict)
     trace_header: str | None = None
-    group: str | None = None
     dedup_id: str | None = None
-    sequence: str | None = None
     sender: str | None = None
     dlq_source: str | None = None
+    # -- from the store's per-message data, never encoded --
+    receive_count: int = 0
+    first_receive: int = 0
+    group: str | None = None
+    sequence: str | None = None
 
     def encode(self) -> bytes:
         doc: dict[str, Any] = {"s": self.sent}
-        if self.receive_count:
-            doc["r"] = self.receive_count
-            doc["f"] = self.first_receive
-            doc["l"] = self.last_receive
         if self.attributes:
             doc["a"] = _pack_attributes(self.attributes)
         for key, value in (
             ("x", self.trace_header),
-            ("g", self.group),
             ("d", self.dedup_id),
-            ("q", self.sequence),
             ("u", self.sender),
             ("D", self.dlq_source),
         ):
@@ -121,6 +122,7 @@ class MessageMeta:
 
     @staticmethod
     def decode(raw: bytes) -> MessageMeta:
+        """The stored part alone (no receive count, group or sequence)."""
         if not raw:
             return MessageMeta()
         try:
@@ -128,14 +130,9 @@ class MessageMeta:
             get = doc.get
             return MessageMeta(
                 get("s", 0),
-                get("r", 0),
-                get("f", 0),
-                get("l", 0),
                 _unpack_attributes(doc["a"]) if "a" in doc else {},
                 get("x"),
-                get("g"),
                 get("d"),
-                get("q"),
                 get("u"),
                 get("D"),
             )
@@ -143,31 +140,22 @@ class MessageMeta:
             return MessageMeta()  # foreign meta (another front end's): treat as a plain message
 
     @staticmethod
-    def receive_count_of(raw: bytes) -> int:
-        """Just the receive count (what delete checks), without decoding the rest."""
-        if not raw:
-            return 0
-        try:
-            count = orjson.loads(raw).get("r", 0)
-        except (orjson.JSONDecodeError, AttributeError):
-            return 0
-        return count if type(count) is int else 0
+    def of(m: Message) -> MessageMeta:
+        """Everything SQS knows of a stored message: its meta plus the store's per-message data."""
+        meta = MessageMeta.decode(m.meta)
+        meta.receive_count = m.receives
+        meta.first_receive = int(m.first_received * 1000)
+        meta.group = m.group or None
+        meta.sequence = sequence_number(m.sequence) if m.sequence else None
+        return meta
 
-    def received(self, now_ms: int) -> MessageMeta:
-        """The meta after one more receive at ``now_ms`` (built directly: this is on the hot path)."""
-        return MessageMeta(
-            self.sent,
-            self.receive_count + 1,
-            self.first_receive or now_ms,
-            now_ms,
-            self.attributes,
-            self.trace_header,
-            self.group,
-            self.dedup_id,
-            self.sequence,
-            self.sender,
-            self.dlq_source,
-        )
+
+#: Sequence numbers are 20-digit decimal strings like AWS's; the store counts from 1.
+_SEQUENCE_BASE = 18_000_000_000_000_000_000
+
+
+def sequence_number(sequence: int) -> str:
+    return str(_SEQUENCE_BASE + sequence)
 
 
 # -- ids ----------------------------------------------------------------------------
@@ -197,13 +185,16 @@ _FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
 
 @dataclass(slots=True)
 class Receipt:
+    """What a receipt handle names: the message, which receive of it, and when that was (ms)."""
+
     account: str
     queue: str
     message: str
     receive_count: int
+    received: int
 
     def encode(self) -> str:
-        return receipt_handle(self.account, self.queue, self.message, self.receive_count)
+        return receipt_handle(self.account, self.queue, self.message, self.receive_count, self.received)
 
     @staticmethod
     def decode(handle: str) -> Receipt | None:
@@ -212,7 +203,7 @@ class Receipt:
             return None
         try:
             padded = (handle + "=" * (-len(handle) % 4)).encode("ascii").translate(_FROM_URLSAFE)
-            account, queue, message, count = orjson.loads(binascii.a2b_base64(padded))
+            account, queue, message, count, received = orjson.loads(binascii.a2b_base64(padded))
         except (ValueError, TypeError, binascii.Error):
             return None
         if (
@@ -220,14 +211,15 @@ class Receipt:
             or not isinstance(queue, str)
             or not isinstance(message, str)
             or type(count) is not int
+            or type(received) is not int
         ):
             return None
-        return Receipt(account, queue, message, count)
+        return Receipt(account, queue, message, count, received)
 
 
-def receipt_handle(account: str, queue: str, message: str, receive_count: int) -> str:
+def receipt_handle(account: str, queue: str, message: str, receive_count: int, received: int) -> str:
     """``Receipt(...).encode()`` without building the Receipt."""
-    raw = orjson.dumps([account, queue, message, receive_count])
+    raw = orjson.dumps([account, queue, message, receive_count, received])
     return binascii.b2a_base64(raw, newline=False).translate(_TO_URLSAFE).decode("ascii").rstrip("=")
 
 
@@ -296,7 +288,11 @@ _PARSED_URLS: dict[str, tuple[str, str] | None] = {}
 
 
 def parse_queue_url(url: str) -> tuple[str, str] | None:
-    """(account, queue) from a queue URL (any scheme and host) or a ``/account/queue`` path."""
+    """(account, queue) from a queue URL (any scheme and host) or a ``/account/queue`` path.
+
+    A bare queue name (no ``/`` at all), which AWS also accepts as a QueueUrl, gives
+    account ``""``: the caller's own account.
+    """
     if url in _PARSED_URLS:
         return _PARSED_URLS[url]
     parsed = _parse_queue_url(url)
@@ -307,6 +303,8 @@ def parse_queue_url(url: str) -> tuple[str, str] | None:
 
 
 def _parse_queue_url(url: str) -> tuple[str, str] | None:
+    if "/" not in url:
+        return ("", url) if url else None
     if "://" in url:
         url = url.split("://", 1)[1]
         slash = url.find("/")

@@ -21,7 +21,8 @@ Params = Mapping[str, Any]
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who is asking, and from where: the SigV4 access key's account, its region, the Host header."""
+    """Who is asking, and from where: the SigV4 access key's account, the server's region
+    (``Settings.region``, which every ARN names), the Host header."""
 
     account: str
     region: str
@@ -78,11 +79,16 @@ def account_of(caller: Caller, account: str) -> str:
 
 
 def queue(sqs: SqsService, caller: Caller, p: Params) -> Awaitable[Queue]:
-    """The request's queue (``await queue(...)``); a plain function, to spare a coroutine frame."""
+    """The request's queue (``await queue(...)``); a plain function, to spare a coroutine frame.
+
+    ``QueueUrl`` is a queue URL, its path, or (as AWS accepts) a bare queue name, which
+    names a queue of the caller's own account.
+    """
     parsed = parse_queue_url(required_text(p, "QueueUrl"))
     if parsed is None:
         raise no_queue()
-    return sqs.queues.get(account_of(caller, parsed[0]), parsed[1])
+    account, name = parsed
+    return sqs.queues.get(account_of(caller, account or caller.account), name)
 
 
 def url(caller: Caller, q: Queue) -> str:

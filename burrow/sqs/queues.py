@@ -3,24 +3,35 @@
 An SQS queue exists while its metadata document exists and is not a tombstone, even
 when it holds no message (a burrow v1.0 queue only exists while it holds one; the
 two views share the messages). Deleting a queue leaves a tombstone so that
-re-creating it within 60 s fails like AWS (QueueDeletedRecently). FIFO bookkeeping
-lives beside the queue under ``<name>#fifo``; ``#`` cannot occur in an SQS name.
+re-creating it within 60 s fails like AWS (QueueDeletedRecently). A FIFO queue's
+sequence counter and deduplication records are the store's, kept with the document.
+
+Every change is a compare-and-set on the stored document (read, change, swap; retry
+if another writer got there first), so processes sharing a store never lose each
+other's changes. Each process keeps the documents it read for :data:`CACHE_SECONDS`,
+which saves a store round trip on every message request; a change made elsewhere is
+seen within that time (AWS documents up to 60 s for attribute changes to apply).
 """
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import orjson
 
 from burrow.core.model import ALL_MESSAGES
-from burrow.service import Service
+from burrow.engine import Engine
 from burrow.sqs.errors import SqsError, invalid, no_queue
-from burrow.sqs.model import MessageMeta, QueueState, parse_arn
+from burrow.sqs.model import QueueState, parse_arn
 from burrow.sqs.validation import MAX_TAGS, PURGE_WAIT, RECREATE_WAIT
 
-FIFO_SUFFIX = "#fifo"
+#: How long a process reuses a queue document it read (seconds on the engine's clock).
+CACHE_SECONDS = 1.0
+#: Compare-and-set rounds before a change gives up (each lost round means another writer won).
+_CAS_ROUNDS = 32
+#: Store keys with this character are another component's (``#`` cannot occur in an SQS name).
+RESERVED = "#"
 
 
 @dataclass(slots=True)
@@ -74,42 +85,45 @@ class Queue:
 class QueueRegistry:
     """Create, look up, change and delete SQS queues."""
 
-    def __init__(self, service: Service) -> None:
-        self.service = service
-        self.backend = service.backend
-        #: Serialises read-modify-write of queue documents within this process.
-        self.lock = asyncio.Lock()
-        #: (account, name) -> (stored document, the Queue decoded from it).
-        self._parsed: dict[tuple[str, str], tuple[bytes, Queue]] = {}
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        #: (account, name) -> (stored document, the Queue decoded from it, when it was read).
+        self._cache: dict[tuple[str, str], tuple[bytes, Queue, float]] = {}
 
-    def _queue(self, account: str, name: str, raw: bytes) -> Queue:
-        """The queue a stored document describes (tombstones included).
+    def _queue(self, account: str, name: str, raw: bytes, now: float) -> Queue:
+        """The queue a stored document describes (tombstones included), remembered as read at ``now``.
 
-        Decoded once per document: every message request reads the document, and the
-        cached Queue is reused for as long as the stored bytes stay the same (a change
-        of attributes, a delete or a re-creation stores new bytes).
+        Decoded once per document: the cached Queue is reused for as long as the stored
+        bytes stay the same (a change of attributes, a delete or a re-creation stores
+        new bytes).
         """
         key = (account, name)
-        hit = self._parsed.get(key)
+        hit = self._cache.get(key)
         if hit is not None and hit[0] == raw:
-            return hit[1]
-        queue = Queue(account, name, QueueState.decode(raw))
-        if len(self._parsed) > 10_000:
-            self._parsed.clear()
-        self._parsed[key] = (raw, queue)
+            queue = hit[1]
+        else:
+            queue = Queue(account, name, QueueState.decode(raw))
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+        self._cache[key] = (raw, queue, now)
         return queue
 
-    def _decode(self, account: str, name: str, raw: bytes) -> QueueState:
-        return self._queue(account, name, raw).state
+    async def _read(self, account: str, name: str) -> tuple[bytes | None, Queue | None]:
+        raw = await self.engine.get_queue_meta(account, name)
+        if raw is None:
+            self._cache.pop((account, name), None)
+            return None, None
+        return raw, self._queue(account, name, raw, self.engine.now())
 
     async def find(self, account: str, name: str) -> Queue | None:
-        if FIFO_SUFFIX in name:
+        if RESERVED in name:
             return None
-        raw = await self.backend.get_queue_meta(account, name)
-        if raw is None:
-            return None
-        queue = self._queue(account, name, raw)
-        return None if queue.state.deleted else queue
+        hit = self._cache.get((account, name))
+        if hit is not None and self.engine.now() - hit[2] < CACHE_SECONDS:
+            queue: Queue | None = hit[1]
+        else:
+            queue = (await self._read(account, name))[1]
+        return None if queue is None or queue.state.deleted else queue
 
     async def get(self, account: str, name: str) -> Queue:
         queue = await self.find(account, name)
@@ -118,17 +132,25 @@ class QueueRegistry:
         return queue
 
     async def all(self, account: str) -> list[Queue]:
+        now = self.engine.now()
         out = []
-        for name, raw in await self.backend.list_queue_meta(account):
-            if FIFO_SUFFIX in name:
+        for name, raw in await self.engine.list_queue_meta(account):
+            if RESERVED in name:
                 continue
-            queue = self._queue(account, name, raw)
+            queue = self._queue(account, name, raw, now)
             if not queue.state.deleted:
                 out.append(queue)
         return out
 
-    async def _store(self, account: str, name: str, state: QueueState) -> None:
-        await self.backend.set_queue_meta(account, name, state.encode())
+    async def _swap(self, account: str, name: str, expect: bytes | None, state: QueueState | None) -> bool:
+        raw = None if state is None else state.encode()
+        if not await self.engine.swap_queue_meta(account, name, expect, raw):
+            return False
+        if raw is None:
+            self._cache.pop((account, name), None)
+        else:
+            self._queue(account, name, raw, self.engine.now())
+        return True
 
     async def check_redrive(self, account: str, name: str, fifo: bool, attributes: dict[str, str]) -> None:
         """A RedrivePolicy must name another existing queue of the same account and kind.
@@ -162,45 +184,57 @@ class QueueRegistry:
         """Create the queue, or accept an identical re-creation (QueueNameExists otherwise)."""
         fifo = attributes.get("FifoQueue") == "true"
         await self.check_redrive(account, name, fifo, attributes)
-        async with self.lock:
-            raw = await self.backend.get_queue_meta(account, name)
-            existing = None if raw is None else self._decode(account, name, raw)
-            if existing is not None and not existing.deleted:
+        if len(tags) > MAX_TAGS:
+            raise invalid(f"Too many tags: a queue can have at most {MAX_TAGS}.")
+        for _ in range(_CAS_ROUNDS):
+            raw, existing = await self._read(account, name)
+            if existing is not None and not existing.state.deleted:
                 for key, value in attributes.items():
-                    if existing.attribute(key) != value:
+                    if existing.state.attribute(key) != value:
                         raise SqsError(
                             "QueueNameExists",
                             f"A queue already exists with the same name and a"
                             f" different value for attribute {key}.",
                         )
                 return
-            if existing is not None and now - existing.deleted < RECREATE_WAIT:
+            if existing is not None and now - existing.state.deleted < RECREATE_WAIT:
                 raise SqsError(
                     "QueueDeletedRecently",
                     "You must wait 60 seconds after deleting a queue"
                     " before you can create another queue with the same name.",
                 )
-            if len(tags) > MAX_TAGS:
-                raise invalid(f"Too many tags: a queue can have at most {MAX_TAGS}.")
             stamp = int(now)
-            await self._store(account, name, QueueState(attributes, tags, stamp, stamp))
-            if fifo:
-                await self.backend.set_queue_meta(account, name + FIFO_SUFFIX, None)
+            if await self._swap(account, name, raw, QueueState(attributes, tags, stamp, stamp)):
+                return
+        raise _contended(name)
 
     async def delete(self, queue: Queue, now: float) -> None:
-        """Drop the queue's messages and leave a tombstone (for QueueDeletedRecently)."""
-        async with self.lock:
-            await self.backend.delete_messages(queue.account, queue.name, ALL_MESSAGES, now)
-            await self._store(queue.account, queue.name, QueueState(deleted=now))
-            if queue.fifo:
-                await self.backend.set_queue_meta(queue.account, queue.name + FIFO_SUFFIX, None)
+        """Leave a tombstone (for QueueDeletedRecently), then drop the queue's messages.
 
-    async def update(self, queue: Queue, now: float, **changes: object) -> None:
-        """Apply changes to the current document (re-read under the lock, so none is lost)."""
-        async with self.lock:
-            current = await self.get(queue.account, queue.name)
-            state = replace(current.state, modified=int(now), **changes)  # type: ignore[arg-type]
-            await self._store(queue.account, queue.name, state)
+        The document is removed before the tombstone is stored, which drops the store's
+        FIFO state (sequence counter, deduplication records) with it.
+        """
+        for _ in range(_CAS_ROUNDS):
+            raw, current = await self._read(queue.account, queue.name)
+            if current is None or current.state.deleted:
+                raise no_queue()
+            if await self._swap(queue.account, queue.name, raw, None):
+                break
+        else:
+            raise _contended(queue.name)
+        await self._swap(queue.account, queue.name, None, QueueState(deleted=now))
+        await self.engine.delete_messages(queue.account, queue.name, ALL_MESSAGES)
+
+    async def update(self, queue: Queue, now: float, change: Callable[[QueueState], QueueState]) -> None:
+        """Apply ``change`` to the current document with compare-and-set (so no change is lost)."""
+        for _ in range(_CAS_ROUNDS):
+            raw, current = await self._read(queue.account, queue.name)
+            if current is None or current.state.deleted:
+                raise no_queue()
+            state = replace(change(current.state), modified=int(now))
+            if await self._swap(queue.account, queue.name, raw, state):
+                return
+        raise _contended(queue.name)
 
     async def set_attributes(self, queue: Queue, attributes: dict[str, str], now: float) -> None:
         if attributes.get("FifoQueue", "true" if queue.fifo else "false") != (
@@ -208,44 +242,51 @@ class QueueRegistry:
         ):
             raise SqsError("InvalidAttributeValue", "FifoQueue cannot be changed after the queue is created.")
         await self.check_redrive(queue.account, queue.name, queue.fifo, attributes)
-        merged = dict(queue.state.attributes)
-        for key, value in attributes.items():
-            if value == "" and key in ("RedrivePolicy", "RedriveAllowPolicy", "Policy"):
-                merged.pop(key, None)
-            else:
-                merged[key] = value
-        await self.update(queue, now, attributes=merged)
+
+        def merged(state: QueueState) -> QueueState:
+            values = dict(state.attributes)
+            for key, value in attributes.items():
+                if value == "" and key in ("RedrivePolicy", "RedriveAllowPolicy", "Policy"):
+                    values.pop(key, None)
+                else:
+                    values[key] = value
+            return replace(state, attributes=values)
+
+        await self.update(queue, now, merged)
 
     async def tag(self, queue: Queue, tags: dict[str, str], now: float) -> None:
-        merged = {**queue.state.tags, **tags}
-        if len(merged) > MAX_TAGS:
-            raise invalid(f"Too many tags added for queue {queue.name}: at most {MAX_TAGS}.")
-        await self.update(queue, now, tags=merged)
+        def tagged(state: QueueState) -> QueueState:
+            merged = {**state.tags, **tags}
+            if len(merged) > MAX_TAGS:
+                raise invalid(f"Too many tags added for queue {queue.name}: at most {MAX_TAGS}.")
+            return replace(state, tags=merged)
+
+        await self.update(queue, now, tagged)
 
     async def untag(self, queue: Queue, keys: list[str], now: float) -> None:
-        await self.update(queue, now, tags={k: v for k, v in queue.state.tags.items() if k not in keys})
+        def untagged(state: QueueState) -> QueueState:
+            return replace(state, tags={k: v for k, v in state.tags.items() if k not in keys})
+
+        await self.update(queue, now, untagged)
 
     async def purge(self, queue: Queue, now: float) -> None:
         """Delete every message; at most once per 60 s (PurgeQueueInProgress)."""
-        if now - queue.state.purged < PURGE_WAIT:
-            raise SqsError(
-                "PurgeQueueInProgress",
-                f"Only one PurgeQueue operation on {queue.name} is allowed every 60 seconds.",
-            )
-        await self.update(queue, now, purged=now)
-        await self.backend.delete_messages(queue.account, queue.name, ALL_MESSAGES, now)
 
-    async def counts(self, queue: Queue, now: float) -> tuple[int, int, int]:
+        def purged(state: QueueState) -> QueueState:
+            if now - state.purged < PURGE_WAIT:
+                raise SqsError(
+                    "PurgeQueueInProgress",
+                    f"Only one PurgeQueue operation on {queue.name} is allowed every 60 seconds.",
+                )
+            return replace(state, purged=now)
+
+        await self.update(queue, now, purged)
+        await self.engine.delete_messages(queue.account, queue.name, ALL_MESSAGES)
+
+    async def counts(self, queue: Queue) -> tuple[int, int, int]:
         """(visible, in flight, delayed) message counts; a hidden never-received message is delayed."""
-        visible = in_flight = delayed = 0
-        for m in await self.backend.get_messages(queue.account, queue.name, ALL_MESSAGES, now):
-            if m.hidden_until <= now:
-                visible += 1
-            elif MessageMeta.decode(m.meta).receive_count:
-                in_flight += 1
-            else:
-                delayed += 1
-        return visible, in_flight, delayed
+        c = await self.engine.count(queue.account, queue.name)
+        return c.visible, c.in_flight, c.delayed
 
     async def dead_letter_sources(self, queue: Queue) -> list[str]:
         """Names of the account's queues whose RedrivePolicy targets ``queue``."""
@@ -258,3 +299,7 @@ class QueueRegistry:
 
     async def is_dead_letter_queue(self, queue: Queue) -> bool:
         return bool(await self.dead_letter_sources(queue))
+
+
+def _contended(name: str) -> SqsError:
+    return SqsError("ServiceUnavailable", f"Queue {name} is being changed concurrently; retry the request.")

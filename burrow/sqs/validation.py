@@ -280,14 +280,15 @@ def group_or_dedup_id(value: object, what: str) -> str:
     return value
 
 
-def batch_ids(entries: object) -> list[Mapping[str, object]]:
-    """Check the batch as a whole: present, 1..10 entries, valid and distinct ids."""
-    if entries is None:
-        raise SqsError("EmptyBatchRequest", "There should be at least one entry in the request.")
+def batch_ids(entries: object, kind: str) -> list[Mapping[str, object]]:
+    """Check the batch as a whole: present, 1..10 entries, valid and distinct ids.
+
+    ``kind`` is the entry type AWS names in the errors (``SendMessageBatchRequestEntry``).
+    """
+    if entries is None or entries == []:
+        raise SqsError("EmptyBatchRequest", f"There should be at least one {kind} in the request.")
     if not isinstance(entries, list):
         raise invalid("Entries must be a list.")
-    if not entries:
-        raise SqsError("EmptyBatchRequest", "There should be at least one entry in the request.")
     if len(entries) > MAX_BATCH:
         raise SqsError(
             "TooManyEntriesInBatchRequest",

@@ -3,6 +3,10 @@
 boto3 and the AWS CLI block, so the server runs on its own event loop in a background
 thread (the same ``running_server`` the other suites use); clients talk to it over a
 real socket. Tests use fresh queue names, so one server serves a whole module.
+
+Every server fixture runs on each backend of :data:`SERVER_BACKENDS` (through the
+module-scoped ``server_backend`` parameter), so each SQS test runs once per backend;
+pytest orders the tests so that a module starts one server per backend, not per test.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from burrow.clock import Clock as EngineClock
 from burrow.config import Settings
 from burrow.testing.backends import SERVER_BACKENDS
 from burrow.testing.server import RunningServer, running_server
@@ -83,7 +88,7 @@ class ThreadedServer:
         return future.result(30)
 
 
-class Clock:
+class Clock(EngineClock):
     """Real time plus an offset the test moves forward (retention, 60 s rules), thread-safe enough."""
 
     def __init__(self) -> None:
@@ -113,9 +118,15 @@ def client(url: str, access_key: str = "testing", secret: str = "testing", regio
     )
 
 
+@pytest.fixture(scope="module", params=sorted(SERVER_BACKENDS))
+def server_backend(request: pytest.FixtureRequest) -> str:
+    """The backend (a :data:`SERVER_BACKENDS` name) the servers of this test run on."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedServer]:
-    with ThreadedServer(settings_for("memory", tmp_path_factory.mktemp("sqs"))) as running:
+def server(server_backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedServer]:
+    with ThreadedServer(settings_for(server_backend, tmp_path_factory.mktemp("sqs"))) as running:
         yield running
 
 
@@ -125,10 +136,10 @@ def sqs(server: ThreadedServer) -> Any:
 
 
 @pytest.fixture
-def timed(tmp_path: Path) -> Iterator[tuple[ThreadedServer, Clock, Any]]:
+def timed(server_backend: str, tmp_path: Path) -> Iterator[tuple[ThreadedServer, Clock, Any]]:
     """A private server whose clock the test advances, with a client for it."""
     clock = Clock()
-    with ThreadedServer(settings_for("memory", tmp_path), clock) as running:
+    with ThreadedServer(settings_for(server_backend, tmp_path), clock) as running:
         yield running, clock, client(running.url)
 
 

@@ -3,10 +3,11 @@ selecting the account, and each rejection reported with the code boto3 shows."""
 
 from __future__ import annotations
 
-import http.client
+import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import pytest
 from botocore.auth import SigV4Auth
@@ -14,6 +15,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
+from burrow.client import SyncConnection
 from tests.sqs.conftest import Clock, ThreadedServer, client, settings_for
 
 
@@ -23,9 +25,13 @@ def clock() -> Clock:
 
 
 @pytest.fixture(scope="module")
-def secured(tmp_path_factory: pytest.TempPathFactory, clock: Clock) -> Iterator[ThreadedServer]:
+def secured(
+    server_backend: str, tmp_path_factory: pytest.TempPathFactory, clock: Clock
+) -> Iterator[ThreadedServer]:
     settings = settings_for(
-        "memory", tmp_path_factory.mktemp("auth"), sqs_credentials="alice:a-secret,bob:b-secret"
+        server_backend,
+        tmp_path_factory.mktemp("auth"),
+        sqs_credentials="alice:a-secret,bob:b-secret",
     )
     with ThreadedServer(settings, clock) as running:
         yield running
@@ -36,13 +42,13 @@ def _code(error: pytest.ExceptionInfo[ClientError]) -> str:
 
 
 def test_valid_signatures_select_the_account(secured: ThreadedServer, name: str) -> None:
-    alice = client(secured.url, "alice", "a-secret", region="eu-west-1")
+    alice = client(secured.url, "alice", "a-secret")
     url = alice.create_queue(QueueName=name)["QueueUrl"]
     assert url.endswith(f"/alice/{name}")
     alice.send_message(QueueUrl=url, MessageBody="signed")
     assert alice.receive_message(QueueUrl=url)["Messages"][0]["Body"] == "signed"
     arn = alice.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    assert arn == f"arn:aws:sqs:eu-west-1:alice:{name}"  # region from the credential scope
+    assert arn == f"arn:aws:sqs:us-east-1:alice:{name}"  # the server's region
     bob = client(secured.url, "bob", "b-secret")
     with pytest.raises(ClientError) as error:  # bob cannot reach alice's queue
         bob.send_message(QueueUrl=url, MessageBody="x")
@@ -73,13 +79,9 @@ def test_expired_signature(secured: ThreadedServer, clock: Clock) -> None:
 
 
 def _post(server: ThreadedServer, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, str]:
-    conn = http.client.HTTPConnection("127.0.0.1", urlsplit(server.url).port, timeout=10)
-    try:
-        conn.request("POST", "/", body, headers)
-        reply = conn.getresponse()
-        return reply.status, reply.read(), reply.getheader("x-amzn-query-error") or ""
-    finally:
-        conn.close()
+    with SyncConnection(server.url, timeout=10) as conn:
+        reply = conn.request("POST", "/", body, headers)
+        return reply.status, reply.body, reply.headers.get("x-amzn-query-error", "")
 
 
 def test_unsigned_and_tampered_requests(secured: ThreadedServer, name: str) -> None:
@@ -97,3 +99,51 @@ def test_unsigned_and_tampered_requests(secured: ThreadedServer, name: str) -> N
     assert status == 200 and b"<QueueUrl>" in body and b"/bob/" + name.encode() in body
     status, body, _ = _post(secured, form.replace(b"CreateQueue", b"DeleteQueue"), headers)
     assert status == 403 and b"<Code>SignatureDoesNotMatch</Code>" in body
+
+
+def test_signed_for_another_region_or_service_is_refused(secured: ThreadedServer) -> None:
+    """With verification on, the credential scope must name this server's region and ``sqs``."""
+    with pytest.raises(ClientError) as error:
+        client(secured.url, "alice", "a-secret", region="eu-west-1").list_queues()
+    assert _code(error) == "SignatureDoesNotMatch"
+    assert "region" in error.value.response["Error"]["Message"]
+    assert error.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    body = b"{}"
+    request = AWSRequest(
+        "POST",
+        secured.url + "/",
+        data=body,
+        headers={"X-Amz-Target": "AmazonSQS.ListQueues", "Content-Type": "application/x-amz-json-1.0"},
+    )
+    SigV4Auth(Credentials("alice", "a-secret"), "sns", "us-east-1").add_auth(request)
+    status, reply, code = _post(secured, body, dict(request.headers.items()))
+    assert (status, code) == (403, "SignatureDoesNotMatch;Sender")
+    assert b"service" in reply
+
+
+def test_configured_region_names_every_arn(server_backend: str, tmp_path: Path, name: str) -> None:
+    """``region`` (``--region``, ``BURROW_REGION``) is the one region; unverified requests may be
+    signed for any region, and ARNs still name the configured one."""
+    with ThreadedServer(settings_for(server_backend, tmp_path, region="eu-central-1")) as dev:
+        sqs = client(dev.url, region="ap-south-1")  # dev mode: the signed region is ignored
+        url = sqs.create_queue(QueueName=name)["QueueUrl"]
+        dlq = sqs.create_queue(QueueName=name + "-dlq")["QueueUrl"]
+        dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"
+        ]
+        assert dlq_arn == f"arn:aws:sqs:eu-central-1:testing:{name}-dlq"
+        policy = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 1})
+        sqs.set_queue_attributes(QueueUrl=url, Attributes={"RedrivePolicy": policy})
+        sqs.send_message(QueueUrl=url, MessageBody="x")
+        sqs.receive_message(QueueUrl=url, VisibilityTimeout=0)
+        assert "Messages" not in sqs.receive_message(QueueUrl=url)  # the second receive moved it
+        moved = sqs.receive_message(QueueUrl=dlq, AttributeNames=["DeadLetterQueueSourceArn"])["Messages"]
+        assert (
+            moved[0]["Attributes"]["DeadLetterQueueSourceArn"] == f"arn:aws:sqs:eu-central-1:testing:{name}"
+        )
+        elsewhere = json.dumps(
+            {"deadLetterTargetArn": f"arn:aws:sqs:us-east-1:testing:{name}-dlq", "maxReceiveCount": 1}
+        )
+        with pytest.raises(ClientError) as error:  # no queue of another region exists here
+            sqs.set_queue_attributes(QueueUrl=url, Attributes={"RedrivePolicy": elsewhere})
+        assert _code(error) == "InvalidParameterValue"

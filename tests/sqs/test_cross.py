@@ -3,34 +3,29 @@ and SQS queues and messages surviving a restart on the durable backend."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
-from burrow.testing.backends import SERVER_BACKENDS
+from burrow.client import SyncConnection
 from tests.sqs.conftest import ThreadedServer, client, settings_for
 
 
-@pytest.fixture(params=sorted(SERVER_BACKENDS))
-def each_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ThreadedServer]:
-    with ThreadedServer(settings_for(request.param, tmp_path)) as running:
+@pytest.fixture
+def each_backend(server_backend: str, tmp_path: Path) -> Iterator[ThreadedServer]:
+    """A fresh server (nothing else in its store) on each backend."""
+    with ThreadedServer(settings_for(server_backend, tmp_path)) as running:
         yield running
 
 
 def _v1(server: ThreadedServer, method: str, target: str, body: bytes = b"") -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", urlsplit(server.url).port, timeout=10)
-    try:
-        conn.request(method, target, body)
-        reply = conn.getresponse()
-        return reply.status, reply.read()
-    finally:
-        conn.close()
+    with SyncConnection(server.url, timeout=10) as conn:
+        reply = conn.request(method, target, body)
+        return reply.status, reply.body
 
 
 def test_sqs_to_v1_and_v1_to_sqs(each_backend: ThreadedServer, name: str) -> None:

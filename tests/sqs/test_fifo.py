@@ -64,7 +64,7 @@ def test_deduplication_by_id_and_content(timed: tuple[ThreadedServer, Clock, Any
     one = sqs.send_message(QueueUrl=url, MessageBody="x", MessageGroupId="g", MessageDeduplicationId="d1")
     dup = sqs.send_message(QueueUrl=url, MessageBody="other", MessageGroupId="g", MessageDeduplicationId="d1")
     assert (dup["MessageId"], dup["SequenceNumber"]) == (one["MessageId"], one["SequenceNumber"])
-    assert server.call(server.server.service.backend.count_messages()) == 1
+    assert server.call(server.server.engine.backend.count_messages()) == 1
     with pytest.raises(ClientError) as error:  # no dedup id and no content-based dedup
         sqs.send_message(QueueUrl=url, MessageBody="x", MessageGroupId="g")
     assert _code(error) == "InvalidParameterValue"
@@ -106,12 +106,45 @@ def test_fifo_rules(sqs: Any, name: str) -> None:
         QueueUrl=url,
         Entries=[
             {"Id": "ok", "MessageBody": "1", "MessageGroupId": "g"},
-            {"Id": "nogroup", "MessageBody": "2"},
+            {"Id": "delayed", "MessageBody": "2", "MessageGroupId": "g", "DelaySeconds": 5},
             {"Id": "ok2", "MessageBody": "3", "MessageGroupId": "g"},
         ],
     )
     assert [e["Id"] for e in batch["Successful"]] == ["ok", "ok2"]
     assert all("SequenceNumber" in e for e in batch["Successful"])
-    assert [(f["Id"], f["Code"]) for f in batch["Failed"]] == [("nogroup", "MissingParameter")]
+    assert [(f["Id"], f["Code"]) for f in batch["Failed"]] == [("delayed", "InvalidParameterValue")]
     got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
     assert [m["Body"] for m in got] == ["1", "3"]
+
+
+@pytest.mark.parametrize(
+    ("attributes", "missing", "code"),
+    [
+        ({}, "MessageGroupId", "MissingParameter"),
+        ({}, "MessageDeduplicationId", "InvalidParameterValue"),
+        ({"ContentBasedDeduplication": "true"}, "MessageGroupId", "MissingParameter"),
+    ],
+)
+def test_fifo_batch_missing_ids_fail_the_whole_request(
+    sqs: Any, name: str, attributes: dict[str, str], missing: str, code: str
+) -> None:
+    """An entry without its group id (or, without content-based deduplication, its dedup id) fails
+    the whole SendMessageBatch, as on AWS: a 400, and no entry is sent, not even the valid ones."""
+    url = _fifo(sqs, name, **attributes)
+    entries = [
+        {"Id": f"e{i}", "MessageBody": f"m{i}", "MessageGroupId": "g", "MessageDeduplicationId": f"d{i}"}
+        for i in range(3)
+    ]
+    entries[0]["MessageBody"] = "bad \x00 char"  # an entry's own failure does not mask the batch's
+    del entries[2][missing]
+    with pytest.raises(ClientError) as error:
+        sqs.send_message_batch(QueueUrl=url, Entries=entries)
+    assert _code(error) == code
+    assert error.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert "Messages" not in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
+    assert attrs["Attributes"]["ApproximateNumberOfMessages"] == "0"
+    del entries[0]  # with every id present, entries fail or succeed on their own again
+    entries[1][missing] = "restored"
+    sent = sqs.send_message_batch(QueueUrl=url, Entries=entries)
+    assert [e["Id"] for e in sent["Successful"]] == ["e1", "e2"] and sent.get("Failed", []) == []

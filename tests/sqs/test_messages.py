@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from burrow.sqs.digests import md5_of_attributes
+from burrow.sqs.model import Attribute
 from tests.sqs.conftest import Clock, ThreadedServer
 
 
@@ -34,7 +36,9 @@ def test_send_receive_delete(sqs: Any, name: str) -> None:
     assert counts["ApproximateNumberOfMessagesNotVisible"] == "0"
 
 
-def test_receipt_handles_change_and_stale_ones_cannot_delete(sqs: Any, name: str) -> None:
+def test_receipt_handles_change_and_stale_ones_cannot_delete_but_can_change_visibility(
+    sqs: Any, name: str
+) -> None:
     url = sqs.create_queue(QueueName=name)["QueueUrl"]
     sqs.send_message(QueueUrl=url, MessageBody="x")
     first = sqs.receive_message(QueueUrl=url, VisibilityTimeout=0)["Messages"][0]
@@ -45,10 +49,12 @@ def test_receipt_handles_change_and_stale_ones_cannot_delete(sqs: Any, name: str
     sqs.delete_message(QueueUrl=url, ReceiptHandle=first["ReceiptHandle"])
     counts = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"])
     assert counts["Attributes"]["ApproximateNumberOfMessagesNotVisible"] == "1"
-    with pytest.raises(ClientError) as error:
-        sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=first["ReceiptHandle"], VisibilityTimeout=5)
-    assert _code(error) == "InvalidParameterValue"
-    sqs.delete_message(QueueUrl=url, ReceiptHandle=second["ReceiptHandle"])
+    # An older handle still changes the visibility of the message in flight (as on AWS).
+    sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=first["ReceiptHandle"], VisibilityTimeout=0)
+    third = sqs.receive_message(QueueUrl=url, VisibilityTimeout=30)["Messages"][0]
+    assert third["MessageId"] == first["MessageId"]
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=second["ReceiptHandle"])  # stale now: kept
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=third["ReceiptHandle"])
     assert (
         sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"][
             "ApproximateNumberOfMessagesNotVisible"
@@ -309,6 +315,47 @@ def test_message_attribute_name_selection(sqs: Any, name: str) -> None:
     assert "MessageAttributes" not in m["Messages"][0] and "MD5OfMessageAttributes" not in m["Messages"][0]
 
 
+def test_message_attribute_prefix_selects_names_starting_with_it(sqs: Any, name: str) -> None:
+    """``Hel.*`` selects every attribute whose name starts with ``Hel``, as on AWS."""
+    url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    names = ("Hello", "Help.Me", "Hel", "Hex", "hello", "xHello")
+    attrs = {n: {"DataType": "String", "StringValue": n} for n in names}
+    sqs.send_message(QueueUrl=url, MessageBody="x", MessageAttributes=attrs)
+    for wanted, selected in (
+        (["Hel.*"], {"Hello", "Help.Me", "Hel"}),
+        (["Help.*", "Hex"], {"Help.Me", "Hex"}),
+        (["Help.Me.*"], {"Help.Me"}),
+        ([".*"], set(names)),
+        (["Nothing.*"], set()),
+    ):
+        got = sqs.receive_message(QueueUrl=url, VisibilityTimeout=0, MessageAttributeNames=wanted)
+        message = got["Messages"][0]
+        assert set(message.get("MessageAttributes", {})) == selected, wanted
+        if selected:  # the digest covers exactly the attributes returned
+            expected = md5_of_attributes({n: Attribute("String", n) for n in selected})
+            assert message["MD5OfMessageAttributes"] == expected
+        else:
+            assert "MD5OfMessageAttributes" not in message
+
+
+@pytest.mark.parametrize(
+    ("call", "entry"),
+    [
+        ("send_message_batch", "SendMessageBatchRequestEntry"),
+        ("delete_message_batch", "DeleteMessageBatchRequestEntry"),
+        ("change_message_visibility_batch", "ChangeMessageVisibilityBatchRequestEntry"),
+    ],
+)
+def test_empty_batches_name_their_entry_type(sqs: Any, name: str, call: str, entry: str) -> None:
+    url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    with pytest.raises(ClientError) as error:
+        getattr(sqs, call)(QueueUrl=url, Entries=[])
+    assert _code(error) == "AWS.SimpleQueueService.EmptyBatchRequest"
+    assert error.value.response["Error"]["QueryErrorCode"] == "EmptyBatchRequest"
+    assert error.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert f"at least one {entry} in the request" in error.value.response["Error"]["Message"]
+
+
 def test_retention_really_expires_messages(timed: tuple[ThreadedServer, Clock, Any], name: str) -> None:
     server, clock, sqs = timed
     url = sqs.create_queue(QueueName=name, Attributes={"MessageRetentionPeriod": "60"})["QueueUrl"]
@@ -316,7 +363,7 @@ def test_retention_really_expires_messages(timed: tuple[ThreadedServer, Clock, A
     clock.advance(30)
     sqs.send_message(QueueUrl=url, MessageBody="young")
     clock.advance(31)
-    server.call(server.server.service.clean())
+    server.call(server.server.engine.clean())
     bodies = [m["Body"] for m in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]]
     assert bodies == ["young"]
-    assert server.call(server.server.service.backend.count_messages()) == 1
+    assert server.call(server.server.engine.backend.count_messages()) == 1

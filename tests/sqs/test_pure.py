@@ -17,19 +17,18 @@ from burrow.api.sqs_query import query_params
 from burrow.backends import open_backend
 from burrow.config import Settings
 from burrow.core.model import Message
+from burrow.engine import Engine
 from burrow.http.types import Request
-from burrow.service import Service
 from burrow.sqs import validation
 from burrow.sqs.errors import SqsError
-from burrow.sqs.fifo import FifoState, receivable
 from burrow.sqs.model import Attribute, MessageMeta, Receipt, parse_queue_url
 from burrow.sqs.queues import QueueRegistry
 
 
 def test_receipts_round_trip_and_reject_garbage() -> None:
-    receipt = Receipt("acct", "q", "m-1", 3)
+    receipt = Receipt("acct", "q", "m-1", 3, 1_700_000_000_123)
     assert Receipt.decode(receipt.encode()) == receipt
-    assert Receipt("acct", "q", "m-1", 4).encode() != receipt.encode()
+    assert Receipt("acct", "q", "m-1", 4, 1_700_000_000_123).encode() != receipt.encode()
     for bad in ("", "garbage", "!!!", "W10", "x" * 5000):
         assert Receipt.decode(bad) is None
 
@@ -37,14 +36,9 @@ def test_receipts_round_trip_and_reject_garbage() -> None:
 def test_meta_round_trip_and_foreign_meta() -> None:
     meta = MessageMeta(
         sent=5,
-        receive_count=2,
-        first_receive=6,
-        last_receive=7,
         attributes={"b": Attribute("Binary", binary=b"\x00"), "s": Attribute("String", string="v")},
         trace_header="t",
-        group="g",
         dedup_id="d",
-        sequence="1",
         sender="me",
         dlq_source="arn",
     )
@@ -53,24 +47,15 @@ def test_meta_round_trip_and_foreign_meta() -> None:
     assert MessageMeta.decode(b"not json") == MessageMeta()
 
 
-def test_fifo_selection_blocks_groups_behind_hidden_messages() -> None:
-    def msg(i: int, group: str, hidden: float) -> tuple[Message, MessageMeta]:
-        return Message(str(i), b"", 0.0, hidden, b""), MessageMeta(group=group)
-
-    now = 100.0
-    queue = [msg(1, "a", 200.0), msg(2, "a", 0.0), msg(3, "b", 0.0), msg(4, "b", 0.0), msg(5, "c", 50.0)]
-    assert [m.id for m, _ in receivable(queue, now, 10)] == ["3", "4", "5"]
-    assert [m.id for m, _ in receivable(queue, now, 1)] == ["3"]
-
-
-def test_fifo_dedup_window() -> None:
-    state = FifoState()
-    seq = state.record("k", "m1", 1000.0)
-    assert state.duplicate("k", 1299.0) == ("m1", seq)
-    assert state.duplicate("k", 1300.0) is None
-    state.prune(1301.0)
-    assert state.seen == {}
-    assert FifoState.decode(state.encode()).next_sequence == 2
+def test_meta_of_a_message_takes_the_stores_per_message_data() -> None:
+    stored = MessageMeta(sent=5, dedup_id="d").encode()
+    m = Message("m", b"", 0.0, 0.0, stored, receives=3, first_received=1.5, group="g", sequence=7)
+    meta = MessageMeta.of(m)
+    assert (meta.sent, meta.dedup_id, meta.receive_count, meta.first_receive) == (5, "d", 3, 1500)
+    assert (meta.group, meta.sequence) == ("g", "18000000000000000007")
+    assert MessageMeta.of(Message("m", b"", 0.0, 0.0)) == MessageMeta()
+    # the store's data is never written into meta, so it cannot go stale there
+    assert MessageMeta.decode(meta.encode()) == MessageMeta(sent=5, dedup_id="d")
 
 
 def test_query_unflattening() -> None:
@@ -125,6 +110,8 @@ def test_queue_url_parsing() -> None:
     assert parse_queue_url("/acct/q") == ("acct", "q")
     assert parse_queue_url("https://host/q") is None
     assert parse_queue_url("http://host") is None
+    assert parse_queue_url("q") == ("", "q")  # a bare name: the caller's account
+    assert parse_queue_url("") is None
 
 
 def test_routing_rule() -> None:
@@ -156,7 +143,7 @@ def _signed(secret: str, body: bytes = b"{}") -> Request:
 
 
 def test_sigv4_against_botocore() -> None:
-    auth = Authenticator(Settings(sqs_credentials="key:secret"))
+    auth = Authenticator(Settings(sqs_credentials="key:secret", region="ap-south-1"))
     caller = auth.caller(_signed("secret"), time.time())
     assert (caller.account, caller.region, caller.host, caller.strict) == (
         "key",
@@ -174,6 +161,11 @@ def test_sigv4_against_botocore() -> None:
     # Dev mode: any signature is accepted, the key still picks the account.
     dev = Authenticator(Settings())
     assert dev.caller(_signed("anything"), time.time()).account == "key"
+    # The server is one region: verified, another region's scope is refused; unverified, ignored.
+    with pytest.raises(SqsError) as error:
+        Authenticator(Settings(sqs_credentials="key:secret")).caller(_signed("secret"), time.time())
+    assert (error.value.code, error.value.status) == ("SignatureDoesNotMatch", 403)
+    assert dev.caller(_signed("anything"), time.time()).region == "us-east-1"
     assert dev.caller(Request("POST", "/"), time.time()).account == "000000000000"
 
 
@@ -182,7 +174,7 @@ def test_queue_cache_follows_the_stored_document() -> None:
 
     async def scenario() -> None:
         settings = Settings()
-        registry = QueueRegistry(Service(open_backend("memory://", settings), settings))
+        registry = QueueRegistry(Engine(open_backend("memory://", settings), settings))
         await registry.create("a", "q", {"VisibilityTimeout": "30"}, {}, 1000.0)
         first = await registry.get("a", "q")
         assert await registry.get("a", "q") is first

@@ -3,11 +3,12 @@ of the 2012-11-05 API: results, flattened lists and maps, batch entries and erro
 
 from __future__ import annotations
 
-import http.client
+import json
 import xml.etree.ElementTree as ET
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
+from burrow.client import SyncConnection
 from tests.sqs.conftest import ThreadedServer
 
 NS = {"sqs": "http://queue.amazonaws.com/doc/2012-11-05/"}
@@ -15,27 +16,23 @@ NS = {"sqs": "http://queue.amazonaws.com/doc/2012-11-05/"}
 
 class Query:
     def __init__(self, server: ThreadedServer) -> None:
-        self.port = urlsplit(server.url).port
+        self.url = server.url
 
     def __call__(
         self, params: dict[str, str], path: str = "/", method: str = "POST"
     ) -> tuple[int, ET.Element]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         form = urlencode({"Version": "2012-11-05", **params})
-        try:
+        with SyncConnection(self.url, timeout=10) as conn:
             if method == "GET":
-                conn.request("GET", f"{path}?{form}", headers={"Host": "sqs.local"})
+                reply = conn.request("GET", f"{path}?{form}", headers={"Host": "sqs.local"})
             else:
                 headers = {
                     "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
                     "Host": "sqs.local",
                 }
-                conn.request("POST", path, form.encode(), headers)
-            reply = conn.getresponse()
-            assert reply.getheader("content-type") == "text/xml"
-            return reply.status, ET.fromstring(reply.read())
-        finally:
-            conn.close()
+                reply = conn.request("POST", path, form.encode(), headers)
+            assert reply.headers.get("content-type") == "text/xml"
+            return reply.status, ET.fromstring(reply.body)
 
 
 def _text(root: ET.Element, path: str) -> str:
@@ -165,6 +162,39 @@ def test_send_message_batch_over_query(server: ThreadedServer, name: str) -> Non
     assert [_text(f, "sqs:Id") for f in result.findall("sqs:BatchResultErrorEntry", NS)] == ["e2"]
 
 
+def test_permissions_over_query(server: ThreadedServer, name: str) -> None:
+    """AddPermission's flattened AWSAccountId.N and ActionName.N; the policy in GetQueueAttributes."""
+    q = Query(server)
+    url = _text(q({"Action": "CreateQueue", "QueueName": name})[1], "sqs:CreateQueueResult/sqs:QueueUrl")
+    status, root = q(
+        {
+            "Action": "AddPermission",
+            "QueueUrl": url,
+            "Label": "share",
+            "AWSAccountId.1": "111122223333",
+            "AWSAccountId.2": "444455556666",
+            "ActionName.1": "SendMessage",
+            "ActionName.2": "GetQueueUrl",
+        }
+    )
+    assert status == 200 and root.find("sqs:AddPermissionResult", NS) is not None
+    status, root = q({"Action": "GetQueueAttributes", "QueueUrl": url, "AttributeName.1": "Policy"})
+    [attribute] = root.findall("sqs:GetQueueAttributesResult/sqs:Attribute", NS)
+    assert _text(attribute, "sqs:Name") == "Policy"
+    [statement] = json.loads(_text(attribute, "sqs:Value"))["Statement"]
+    assert statement["Sid"] == "share"
+    assert statement["Principal"] == {
+        "AWS": ["arn:aws:iam::111122223333:root", "arn:aws:iam::444455556666:root"]
+    }
+    assert statement["Action"] == ["SQS:SendMessage", "SQS:GetQueueUrl"]
+    status, root = q({"Action": "AddPermission", "QueueUrl": url, "Label": "x", "AWSAccountId.1": "1"})
+    assert (status, _text(root, "sqs:Error/sqs:Code")) == (400, "MissingParameter")
+    status, root = q({"Action": "RemovePermission", "QueueUrl": url, "Label": "share"})
+    assert status == 200 and root.find("sqs:RemovePermissionResult", NS) is not None
+    status, root = q({"Action": "RemovePermission", "QueueUrl": url, "Label": "share"})
+    assert (status, _text(root, "sqs:Error/sqs:Code")) == (400, "InvalidParameterValue")
+
+
 def test_errors_over_query(server: ThreadedServer, name: str) -> None:
     q = Query(server)
     status, root = q({"Action": "GetQueueUrl", "QueueName": name + "-missing"})
@@ -196,18 +226,8 @@ def test_xml_never_carries_characters_xml_forbids(server: ThreadedServer) -> Non
 
 def test_v1_routes_are_untouched(server: ThreadedServer) -> None:
     """POST / without SQS markers is still v1.0's 405; GET / is still the version list."""
-    conn = http.client.HTTPConnection("127.0.0.1", urlsplit(server.url).port, timeout=10)
-    try:
-        conn.request("POST", "/", b"x")
-        reply = conn.getresponse()
-        assert reply.status == 405
-        reply.read()
-        conn.request("GET", "/")
-        reply = conn.getresponse()
-        assert (reply.status, reply.read()) == (200, b'["v1.0"]')
-        conn.request("GET", "/some/path")
-        reply = conn.getresponse()
-        assert reply.status == 404
-        reply.read()
-    finally:
-        conn.close()
+    with SyncConnection(server.url, timeout=10) as conn:
+        assert conn.request("POST", "/", b"x").status == 405
+        reply = conn.request("GET", "/")
+        assert (reply.status, reply.body) == (200, b'["v1.0"]')
+        assert conn.request("GET", "/some/path").status == 404

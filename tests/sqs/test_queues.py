@@ -3,13 +3,13 @@ and the error codes boto3 reports for each failure."""
 
 from __future__ import annotations
 
-import http.client
+import json
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 from botocore.exceptions import ClientError
 
+from burrow.client import SyncConnection
 from tests.sqs.conftest import Clock, ThreadedServer, client
 
 
@@ -92,18 +92,14 @@ def test_get_queue_url_and_missing_queue_errors(sqs: Any, name: str) -> None:
 
 
 def _unsigned(server: ThreadedServer, action: str, body: bytes, host: str) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", urlsplit(server.url).port, timeout=10)
     headers = {
         "X-Amz-Target": f"AmazonSQS.{action}",
         "Content-Type": "application/x-amz-json-1.0",
         "Host": host,
     }
-    try:
-        conn.request("POST", "/", body, headers)
-        reply = conn.getresponse()
-        return reply.status, reply.read()
-    finally:
-        conn.close()
+    with SyncConnection(server.url, timeout=10) as conn:
+        reply = conn.request("POST", "/", body, headers)
+        return reply.status, reply.body
 
 
 def test_queue_urls_follow_the_host_header(server: ThreadedServer, name: str) -> None:
@@ -202,7 +198,7 @@ def test_purge_and_delete_with_their_60_second_rules(
     sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": "x"} for i in range(5)])
     sqs.receive_message(QueueUrl=url)  # one in flight: purge removes it too
     sqs.purge_queue(QueueUrl=url)
-    assert server.call(server.server.service.backend.count_messages()) == 0
+    assert server.call(server.server.engine.backend.count_messages()) == 0
     with pytest.raises(ClientError) as error:
         sqs.purge_queue(QueueUrl=url)
     assert _code(error) == "AWS.SimpleQueueService.PurgeQueueInProgress"
@@ -212,7 +208,7 @@ def test_purge_and_delete_with_their_60_second_rules(
 
     sqs.send_message(QueueUrl=url, MessageBody="x")
     sqs.delete_queue(QueueUrl=url)
-    assert server.call(server.server.service.backend.count_messages()) == 0
+    assert server.call(server.server.engine.backend.count_messages()) == 0
     with pytest.raises(ClientError) as error:
         sqs.get_queue_url(QueueName=name)
     assert _code(error) == "AWS.SimpleQueueService.NonExistentQueue"
@@ -223,8 +219,98 @@ def test_purge_and_delete_with_their_60_second_rules(
     assert sqs.create_queue(QueueName=name)["QueueUrl"] == url
 
 
-def test_permissions_are_unsupported_and_unknown_actions_invalid(sqs: Any, name: str) -> None:
+def _policy(sqs: Any, url: str) -> Any:
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["Policy"]).get("Attributes", {})
+    return json.loads(attributes["Policy"]) if "Policy" in attributes else None
+
+
+def test_add_and_remove_permission(sqs: Any, name: str) -> None:
+    """AddPermission writes an AWS-shaped statement into the queue's Policy; RemovePermission drops it."""
     url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    arn = f"arn:aws:sqs:us-east-1:testing:{name}"
+    assert _policy(sqs, url) is None
+    sqs.add_permission(
+        QueueUrl=url, Label="AliceSend", AWSAccountIds=["111122223333"], Actions=["SendMessage"]
+    )
+    sqs.add_permission(
+        QueueUrl=url,
+        Label="team-read_2",
+        AWSAccountIds=["111122223333", "444455556666"],
+        Actions=["ReceiveMessage", "DeleteMessage"],
+    )
+    policy = _policy(sqs, url)
+    assert policy["Version"] == "2012-10-17" and policy["Id"] == f"{arn}/SQSDefaultPolicy"
+    assert policy["Statement"] == [
+        {
+            "Sid": "AliceSend",
+            "Effect": "Allow",
+            "Principal": {"AWS": "arn:aws:iam::111122223333:root"},
+            "Action": "SQS:SendMessage",
+            "Resource": arn,
+        },
+        {
+            "Sid": "team-read_2",
+            "Effect": "Allow",
+            "Principal": {"AWS": ["arn:aws:iam::111122223333:root", "arn:aws:iam::444455556666:root"]},
+            "Action": ["SQS:ReceiveMessage", "SQS:DeleteMessage"],
+            "Resource": arn,
+        },
+    ]
+    assert "Policy" in sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+
+    bad: list[tuple[dict[str, Any], str]] = [
+        ({"Label": "AliceSend", "AWSAccountIds": ["1"], "Actions": ["SendMessage"]}, "InvalidParameterValue"),
+        (
+            {"Label": "bad label!", "AWSAccountIds": ["1"], "Actions": ["SendMessage"]},
+            "InvalidParameterValue",
+        ),
+        ({"Label": "x" * 81, "AWSAccountIds": ["1"], "Actions": ["SendMessage"]}, "InvalidParameterValue"),
+        ({"Label": "l", "AWSAccountIds": [], "Actions": ["SendMessage"]}, "InvalidParameterValue"),
+        ({"Label": "l", "AWSAccountIds": ["not an account"], "Actions": ["*"]}, "InvalidParameterValue"),
+        ({"Label": "l", "AWSAccountIds": ["1"], "Actions": []}, "MissingParameter"),
+        ({"Label": "l", "AWSAccountIds": ["1"], "Actions": ["CreateQueue"]}, "InvalidParameterValue"),
+        ({"Label": "l", "AWSAccountIds": ["1"], "Actions": ["Bogus"]}, "InvalidParameterValue"),
+        ({"Label": "l", "AWSAccountIds": ["1"], "Actions": ["SendMessage"] * 8}, "OverLimit"),
+    ]
+    for kwargs, code in bad:
+        with pytest.raises(ClientError) as error:
+            sqs.add_permission(QueueUrl=url, **kwargs)
+        assert _code(error) == code, kwargs
+    assert len(_policy(sqs, url)["Statement"]) == 2  # no failed call changed it
+
+    sqs.remove_permission(QueueUrl=url, Label="AliceSend")
+    assert [s["Sid"] for s in _policy(sqs, url)["Statement"]] == ["team-read_2"]
     with pytest.raises(ClientError) as error:
-        sqs.add_permission(QueueUrl=url, Label="l", AWSAccountIds=["1"], Actions=["SendMessage"])
-    assert _code(error) == "AWS.SimpleQueueService.UnsupportedOperation"
+        sqs.remove_permission(QueueUrl=url, Label="AliceSend")
+    assert _code(error) == "InvalidParameterValue"
+    sqs.remove_permission(QueueUrl=url, Label="team-read_2")
+    assert _policy(sqs, url) is None  # the last statement gone, no Policy is left
+    with pytest.raises(ClientError) as error:
+        sqs.remove_permission(QueueUrl=url, Label="never-added")
+    assert _code(error) == "InvalidParameterValue"
+    sqs.add_permission(QueueUrl=url, Label="all", AWSAccountIds=["acme"], Actions=["*"])
+    assert _policy(sqs, url)["Statement"][0]["Action"] == "SQS:*"
+    with pytest.raises(ClientError) as error:
+        sqs.add_permission(QueueUrl=url + "-missing", Label="l", AWSAccountIds=["1"], Actions=["SendMessage"])
+    assert _code(error) == "AWS.SimpleQueueService.NonExistentQueue"
+
+
+def test_bare_queue_name_as_queue_url(server: ThreadedServer, name: str) -> None:
+    """A QueueUrl that is only a queue name means that queue in the caller's own account."""
+    sqs = client(server.url, access_key="bare")
+    url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    sent = sqs.send_message(QueueUrl=name, MessageBody="by name")
+    got = sqs.receive_message(QueueUrl=name)["Messages"]
+    assert [m["MessageId"] for m in got] == [sent["MessageId"]]
+    sqs.delete_message(QueueUrl=name, ReceiptHandle=got[0]["ReceiptHandle"])
+    attrs = sqs.get_queue_attributes(QueueUrl=name, AttributeNames=["QueueArn"])["Attributes"]
+    assert attrs["QueueArn"] == f"arn:aws:sqs:us-east-1:bare:{name}"
+    assert sqs.get_queue_url(QueueName=name)["QueueUrl"] == url
+    other = client(server.url, access_key="someone-else")
+    with pytest.raises(ClientError) as error:  # the same name is looked up in the other caller's account
+        other.send_message(QueueUrl=name, MessageBody="x")
+    assert _code(error) == "AWS.SimpleQueueService.NonExistentQueue"
+    sqs.delete_queue(QueueUrl=name)
+    with pytest.raises(ClientError) as error:
+        sqs.get_queue_url(QueueName=name)
+    assert _code(error) == "AWS.SimpleQueueService.NonExistentQueue"
