@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from burrow.core.validation import MAX_NAME_BYTES, forbidden_character
+
 ENV_PREFIX = "BURROW_"
+#: An AWS region name as it appears in ARNs and SigV4 credential scopes (``us-east-1``).
+_REGION = re.compile(r"[a-z0-9-]{1,64}")
 
 
 def default_data_dir() -> Path:
@@ -38,9 +43,15 @@ class Settings:
     backend: str = ""
     #: Directory for the default SQLite store (created if missing).
     data_dir: str = ""
-    #: Durability for SQLite: ``always`` (fsync each commit), ``batch`` (group commit,
-    #: fsync'd), ``never`` (no fsync; survives a process crash, not a power cut).
+    #: Durability for SQLite (docs/operations.md has each mode's promise): ``batch``
+    #: (creates are synced before their 2xx, grouped; takes, hides and deletes are
+    #: acknowledged once committed and synced within ``fsync_interval``), ``always``
+    #: (every write synced before its 2xx), ``never`` (no sync; survives a process
+    #: crash, not a power cut).
     fsync: str = "batch"
+    #: Seconds within which ``--fsync batch`` syncs a take, hide or delete it acknowledged
+    #: at commit (0 = sync them before their 2xx as well).
+    fsync_interval: float = 0.005
     #: Seconds a message lives when PUT has no ``ttl`` (0 = forever).
     default_ttl: int = 600
     #: Seconds a message stays hidden when PUT has no ``hide``.
@@ -53,6 +64,11 @@ class Settings:
     max_seconds: int = 1_000_000_000
     #: Largest request body (bytes); larger is 413. Room for a 1 MiB SQS message once JSON-escaped.
     max_body_bytes: int = 4_194_304
+    #: Byte budget of one burrow v1.0 list response (docs/api.md "Response size"): a GET
+    #: list stops before the message that would take it past this (at least one is always
+    #: returned) and says so in ``X-Burrow-Truncated``; POST and DELETE lists that return
+    #: messages are capped at this / ``max_body_bytes`` of them (1 KiB each without bodies).
+    max_response_bytes: int = 16_777_216
     #: Largest total size of the request line plus headers (bytes); larger is 431.
     max_header_bytes: int = 16_384
     #: Most headers in one request; more is 431.
@@ -65,8 +81,23 @@ class Settings:
     body_timeout: float = 30.0
     #: Seconds an idle keep-alive connection is kept open.
     idle_timeout: float = 75.0
-    #: Most concurrent connections; more are answered 503 and closed.
-    max_connections: int = 20_000
+    #: Seconds a connection's unsent output may wait for the client to read it: unless it
+    #: drains, or shrinks by ``max_unsent_bytes``, within this time (or within
+    #: ``idle_timeout`` if that is shorter) the connection is closed.
+    write_timeout: float = 30.0
+    #: Unsent response bytes of one connection above which it stops reading and handling
+    #: requests until the client has read them all.
+    max_unsent_bytes: int = 262_144
+    #: Bytes in flight across all connections (request bodies being received or waiting for
+    #: their handler, responses not yet sent) above which new requests are answered 503 with
+    #: ``Retry-After`` and their connection closed.
+    max_inflight_bytes: int = 268_435_456
+    #: Most concurrent connections; more are answered 503 and closed. The server needs this
+    #: many open files plus 128: at start it raises its soft RLIMIT_NOFILE as far as needed,
+    #: and refuses to start if the hard limit is lower.
+    max_connections: int = 10_000
+    #: Most concurrent connections from one client IP address; more are answered 503 and closed.
+    max_connections_per_client: int = 1_000
     #: Seconds between cleaner passes (expiry, unhide, removal of empty queues).
     clean_interval: float = 1.0
     #: Log level name.
@@ -78,6 +109,10 @@ class Settings:
     #: The Burrow account of SQS requests that carry no ``Authorization`` header
     #: (accepted only while ``sqs_credentials`` is empty).
     sqs_default_account: str = "000000000000"
+    #: The one AWS region this server is: SQS ARNs name it, and with ``sqs_credentials``
+    #: set a request signed for another region (or another service than ``sqs``) is
+    #: refused (403). Without credentials any signed region is accepted and ignored.
+    region: str = "us-east-1"
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -95,10 +130,14 @@ class Settings:
             "max_wait",
             "max_limit",
             "max_body_bytes",
+            "max_response_bytes",
             "max_header_bytes",
             "max_header_count",
             "max_url_bytes",
             "max_connections",
+            "max_connections_per_client",
+            "max_unsent_bytes",
+            "max_inflight_bytes",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
@@ -108,7 +147,17 @@ class Settings:
                 raise ValueError("sqs_credentials must be ACCESS_KEY:SECRET pairs separated by commas")
         if not self.sqs_default_account:
             raise ValueError("sqs_default_account must not be empty")
-        for name in ("header_timeout", "body_timeout", "idle_timeout", "clean_interval"):
+        bad = forbidden_character(self.sqs_default_account)
+        if bad is not None or len(self.sqs_default_account.encode("utf-8", "replace")) > MAX_NAME_BYTES:
+            raise ValueError(
+                "sqs_default_account must be 1-256 bytes of UTF-8 without control or invisible"
+                f" characters; it has {bad or 'more than 256 bytes'}"
+            )
+        if not _REGION.fullmatch(self.region):
+            raise ValueError(f"region must be 1 to 64 of a-z 0-9 -, got {self.region!r}")
+        if not 0 <= self.fsync_interval <= 10:
+            raise ValueError(f"fsync_interval must be 0..10 seconds, got {self.fsync_interval}")
+        for name in ("header_timeout", "body_timeout", "idle_timeout", "write_timeout", "clean_interval"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         return self

@@ -22,7 +22,6 @@ import contextlib
 import logging
 import os
 import re
-import socket
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from burrow.client import Reply, SyncConnection, encode_request
 from burrow.config import Settings
 from burrow.sqs.model import receipt_handle
 from burrow.testing.backends import SERVER_BACKENDS
@@ -347,6 +347,7 @@ RECEIPTS = st.one_of(
         st.sampled_from(["fz", "fz.fifo", "q"]),
         st.text(max_size=8),
         st.integers(-1, 3),
+        st.integers(-1, 2**53),
     ),
     st.sampled_from(["", "x", "WyJhIl0", "bnVsbA", "W10", "e30", "!!", "WzEsMiwzLDRd", "\u00e9"]),
 )
@@ -633,16 +634,15 @@ class Req:
 
     def encode(self, receipt: str = "") -> bytes:
         target = self.target.replace(RECEIPT, quote(receipt, safe=""))
-        lines = [f"{self.method} {target} HTTP/{self.version}", "Host: fuzz"]
-        lines += [f"{k}: {v}" for k, v in self.headers]
+        headers = [("Host", "fuzz"), *self.headers]
         body = self.body.replace(RECEIPT.encode(), receipt.encode())
         if self.chunked:
-            lines.append("Transfer-Encoding: chunked")
+            headers.append(("Transfer-Encoding", "chunked"))
             chunks = (body[i : i + 7] for i in range(0, len(body), 7))
             body = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in chunks) + b"0\r\n\r\n"
         else:
-            lines.append(f"Content-Length: {len(body)}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + body
+            headers.append(("Content-Length", str(len(body))))
+        return encode_request(self.method, target, body, headers, version=self.version)
 
 
 SQS_PATHS = ["/", "/", f"/{SQS_ACCOUNT}/fz", f"/{SQS_ACCOUNT}/fz.fifo", "/a/q", "/a/b/c"]
@@ -718,47 +718,19 @@ def requests(draw: st.DrawFn) -> Req:
 # -- a raw-socket client --------------------------------------------------------------------
 
 
-@dataclass
-class Answer:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
-class Wire:
-    """One blocking TCP connection that reads responses exactly (1xx skipped)."""
+class Wire(SyncConnection):
+    """One blocking TCP connection for hostile bytes: the shared client's raw send and its
+    response parser, with 1xx responses skipped."""
 
     def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
-        self.file = self.sock.makefile("rb")
+        super().__init__(port=port, timeout=TIMEOUT)
+        self.connect()
 
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def answer(self, head_only: bool = False) -> Answer:
-        while True:
-            line = self.file.readline(65536)
-            if not line:
-                raise EOFError("connection closed before a response")
-            version, status, _ = line.decode("latin-1").rstrip("\r\n").split(" ", 2)
-            assert version == "HTTP/1.1", line
-            headers: dict[str, str] = {}
-            while True:
-                line = self.file.readline(65536)
-                if line in (b"\r\n", b""):
-                    break
-                name, _, value = line.decode("latin-1").partition(":")
-                headers[name.strip().lower()] = value.strip()
-            if int(status) >= 200:
-                break
-        length = int(headers.get("content-length", "0"))
-        body = b"" if head_only else self.file.read(length)
-        assert len(body) == (0 if head_only else length), "short body"
-        return Answer(int(status), headers, body)
+    def answer(self, head_only: bool = False) -> Reply:
+        while (reply := self.reply(head_only)).status < 200:
+            pass
+        assert reply.version == "HTTP/1.1", reply
+        return reply
 
     def at_eof(self, head: bool = False) -> bool:
         """True if the server closes the connection without sending anything more.
@@ -767,13 +739,13 @@ class Wire:
         method) still carries its body; the connection closes after it all the same.
         """
         try:
-            rest = self.file.read()
+            rest = self.read_to_eof()
         except (ConnectionResetError, TimeoutError):
             return False
         return rest == b"" or head
 
 
-def check_answer(req: Req, answer: Answer) -> None:
+def check_answer(req: Req, answer: Reply) -> None:
     """The per-response rules: no 5xx but 503, and a well-formed body."""
     assert answer.status < 500 or answer.status == 503, (answer.status, answer.body[:300])
     if req.method == "HEAD" or answer.status in (204, 304):
@@ -819,7 +791,7 @@ class Fuzzed:
         return self.server.server.port
 
 
-def call(port: int, method: str, target: str, body: bytes = b"", **headers: str) -> Answer:
+def call(port: int, method: str, target: str, body: bytes = b"", **headers: str) -> Reply:
     wire = Wire(port)
     try:
         req = Req(method, target, list(headers.items()), body)
@@ -829,7 +801,7 @@ def call(port: int, method: str, target: str, body: bytes = b"", **headers: str)
         wire.close()
 
 
-def sqs_call(port: int, action: str, members: dict[str, Any], account: str = SQS_ACCOUNT) -> Answer:
+def sqs_call(port: int, action: str, members: dict[str, Any], account: str = SQS_ACCOUNT) -> Reply:
     auth = (
         f"AWS4-HMAC-SHA256 Credential={account}/20240101/us-east-1/sqs/aws4_request,"
         " SignedHeaders=host, Signature=00"
@@ -933,7 +905,7 @@ def exchange(port: int, reqs: list[Req], errors: ErrorLog) -> None:
                 break
         if not closed:
             # still in step: the next request on this connection gets its own answer
-            wire.send(b"GET / HTTP/1.1\r\nHost: fuzz\r\n\r\n")
+            wire.send(encode_request("GET", "/", host="fuzz"))
             answer = wire.answer()
             assert (answer.status, answer.body) == (200, b'["v1.0"]'), answer
     finally:

@@ -4,6 +4,12 @@
 hope), and ``HttpServer.close`` shuts down gracefully: stop accepting, close idle connections,
 let running requests finish for a short grace, then abort whatever is left (which cancels their
 handlers). The per-connection work lives in ``burrow.http.protocol``.
+
+Before listening, ``start_server`` makes sure ``max_connections`` can be honoured: the process
+needs a descriptor per connection plus ``FD_RESERVE`` of its own (listening sockets, the store's
+files, the event loop, connections being refused). It raises the soft RLIMIT_NOFILE as far as
+needed and refuses to start (:class:`ResourceLimitError`) past the hard limit: past it, uvloop
+(libuv) would accept and reset extra clients silently, with nothing logged.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import resource
 import socket
 import time
 from collections.abc import Callable, Coroutine
@@ -20,12 +27,52 @@ from burrow.config import Settings
 from burrow.http.protocol import HttpProtocol, ServerState, date_line
 from burrow.http.types import Handler
 
-__all__ = ["HttpServer", "loop_factory", "run", "start_server"]
+__all__ = [
+    "FD_RESERVE",
+    "HttpServer",
+    "ResourceLimitError",
+    "ensure_open_files",
+    "loop_factory",
+    "run",
+    "start_server",
+]
 
 T = TypeVar("T")
 
 #: Listen backlog: bursts of new connections (benchmarks, reconnect storms) must not be refused.
 _BACKLOG = 1024
+#: Descriptors the server needs besides one per connection: stdio, the event loop, listening
+#: sockets, the store's files, and up to 64 connections being refused with a 503.
+FD_RESERVE = 128
+
+
+class ResourceLimitError(Exception):
+    """The process cannot get the resources its settings need (open files for max_connections)."""
+
+
+def ensure_open_files(connections: int) -> int:
+    """Make room for ``connections`` client sockets plus ``FD_RESERVE``: raise the soft
+    RLIMIT_NOFILE as far as needed (never lower it); return the soft limit in force.
+
+    Raises :class:`ResourceLimitError`, saying what to change, when the hard limit is too low."""
+    needed = connections + FD_RESERVE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return soft
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise ResourceLimitError(
+            f"--max-connections {connections} needs {needed} open files ({FD_RESERVE} more for the"
+            f" server itself), but the hard limit is {hard}: lower --max-connections to at most"
+            f" {max(hard - FD_RESERVE, 0)} or raise the limit (ulimit -Hn, LimitNOFILE=)"
+        )
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    except (OSError, ValueError) as error:
+        raise ResourceLimitError(
+            f"--max-connections {connections} needs {needed} open files, but raising the soft limit"
+            f" from {soft} failed ({error}): lower --max-connections or raise the limit (ulimit -n)"
+        ) from error
+    return needed
 
 
 def loop_factory() -> tuple[str, Callable[[], asyncio.AbstractEventLoop]]:
@@ -63,6 +110,11 @@ class HttpServer:
     def connections(self) -> int:
         """Open client connections (not counting ones being refused with 503)."""
         return self._state.accepted
+
+    @property
+    def inflight_bytes(self) -> int:
+        """Request and response bytes in flight, as counted against ``max_inflight_bytes``."""
+        return self._state.inflight
 
     def _refresh_date(self) -> None:
         """Keep the shared ``date`` header current, once a second, just after the second turns."""
@@ -105,8 +157,10 @@ async def start_server(
 ) -> HttpServer:
     """Listen on ``settings.host:settings.port`` (or on ``sock``) and serve ``handler``.
 
-    Returns once the socket is listening; ``.port`` is the port actually bound.
+    Returns once the socket is listening; ``.port`` is the port actually bound. Raises
+    :class:`ResourceLimitError` if ``settings.max_connections`` cannot be honoured.
     """
+    ensure_open_files(settings.max_connections)
     loop = asyncio.get_running_loop()
     state = ServerState(handler, settings, loop)
     factory = functools.partial(HttpProtocol, state)

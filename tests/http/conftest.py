@@ -1,4 +1,5 @@
-"""Fixtures for the HTTP layer tests: a server on port 0 with a small test app, raw-socket clients.
+"""Fixtures for the HTTP layer tests: a server on port 0 with a small test app, raw-bytes clients
+(:class:`burrow.client.Connection`, with checks on every response).
 
 Every test here runs on both the plain asyncio loop and uvloop (production uses uvloop when it
 is installed; the fallback must behave the same).
@@ -7,7 +8,6 @@ is installed; the fallback must behave the same).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -15,6 +15,7 @@ import orjson
 import pytest
 import uvloop
 
+from burrow.client import Connection, Reply, encode_request
 from burrow.config import Settings
 from burrow.http.server import HttpServer, start_server
 from burrow.http.types import Handler, Request, Response
@@ -75,80 +76,31 @@ class App:
         return Response(200, body, "application/json", [("x-test", "yes")])
 
 
-class Reply:
-    """One HTTP response as read off the wire."""
+class Client(Connection):
+    """A raw client over one TCP connection: exact bytes out (``send``, ``exchange``), one
+    response at a time in, each checked: HTTP/1.1, no header twice. Reads time out after 5 s."""
 
-    def __init__(self, status: int, reason: str, headers: dict[str, str], body: bytes) -> None:
-        self.status = status
-        self.reason = reason
-        self.headers = headers
-        self.body = body
+    async def reply(self, head_only: bool = False, timeout: float | None = None) -> Reply:
+        reply = await super().reply(head_only, timeout)
+        assert reply.version == "HTTP/1.1", reply
+        names = [name for name, _ in reply.fields]
+        assert len(names) == len(set(names)), f"duplicate response header in {names}"
+        return reply
 
-    def json(self) -> Any:
-        return orjson.loads(self.body)
-
-
-class Client:
-    """A raw HTTP client over one TCP connection: exact bytes out, one response at a time in."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    @classmethod
-    async def connect(cls, port: int) -> Client:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        return cls(reader, writer)
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    async def reply(self, timeout: float = 5.0) -> Reply:
-        return await asyncio.wait_for(read_reply(self.reader), timeout)
-
-    async def request(self, data: bytes) -> Reply:
-        await self.send(data)
-        return await self.reply()
-
-    async def at_eof(self, timeout: float = 5.0) -> bool:
+    async def at_eof(self, timeout: float | None = None) -> bool:
         """True if the server closes the connection (without sending anything more)."""
         try:
-            rest = await asyncio.wait_for(self.reader.read(), timeout)
+            rest = await self.read_to_eof(timeout)
         except ConnectionResetError:
             return True
         assert rest == b"", f"unexpected bytes before close: {rest[:200]!r}"
         return True
 
-    async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(ConnectionError):
-            await self.writer.wait_closed()
-
-
-async def read_reply(reader: asyncio.StreamReader) -> Reply:
-    """Read exactly one response: status line, headers, then ``content-length`` bytes."""
-    line = await reader.readline()
-    if not line:
-        raise EOFError("connection closed before a response")
-    version, status, reason = line.decode("latin-1").rstrip("\r\n").split(" ", 2)
-    assert version == "HTTP/1.1", line
-    headers: dict[str, str] = {}
-    while True:
-        line = await reader.readline()
-        if line in (b"\r\n", b""):
-            break
-        name, _, value = line.decode("latin-1").partition(":")
-        assert name.lower() not in headers, f"duplicate response header {name}"
-        headers[name.lower()] = value.strip()
-    body = await reader.readexactly(int(headers.get("content-length", "0")))
-    return Reply(int(status), reason, headers, body)
-
 
 def get(path: str, *headers: str, version: str = "1.1") -> bytes:
-    """A GET request's exact bytes."""
-    lines = [f"GET {path} HTTP/{version}", "Host: test", *headers]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+    """A GET request's exact bytes (``headers`` as ``"Name: value"`` lines)."""
+    fields = [(name, value) for name, _, value in (h.partition(": ") for h in headers)]
+    return encode_request("GET", path, headers=fields, host="test", version=version)
 
 
 Serve = Callable[..., Awaitable[HttpServer]]
@@ -188,7 +140,7 @@ async def clients() -> AsyncIterator[Callable[[int], Awaitable[Client]]]:
     opened: list[Client] = []
 
     async def connect(port: int) -> Client:
-        client = await Client.connect(port)
+        client = await Client(port=port, timeout=5.0).connect()
         opened.append(client)
         return client
 

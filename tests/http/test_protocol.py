@@ -11,10 +11,11 @@ from collections.abc import Awaitable, Callable
 import pytest
 import uvloop
 
+from burrow.client import Reply
 from burrow.http.echo import RESPONSE, EchoProtocol, start_echo_server
 from burrow.http.server import loop_factory, run
 from burrow.http.types import Request, Response
-from tests.http.conftest import App, Client, Reply, Serve, get, read_reply
+from tests.http.conftest import App, Client, Serve, get
 
 Connect = Callable[[int], Awaitable[Client]]
 CHUNKED = b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -31,7 +32,7 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 2.0) -> Non
 async def assert_served(port: int, connect: Connect) -> None:
     """A fresh client on its own connection still gets a normal answer."""
     client = await connect(port)
-    reply = await client.request(get("/still/ok"))
+    reply = await client.exchange(get("/still/ok"))
     assert reply.status == 200
     assert reply.json()["path"] == "/still/ok"
 
@@ -53,7 +54,7 @@ async def assert_error_and_close(client: Client, status: int, code: str) -> Repl
 async def test_simple_get(serve: Serve, clients: Connect) -> None:
     server = await serve()
     client = await clients(server.port)
-    reply = await client.request(get("/hello"))
+    reply = await client.exchange(get("/hello"))
     assert reply.status == 200
     assert reply.reason == "OK"
     assert reply.headers["content-type"] == "application/json"
@@ -64,28 +65,28 @@ async def test_simple_get(serve: Serve, clients: Connect) -> None:
     assert data["method"] == "GET"
     assert data["path"] == "/hello"
     assert data["query"] == ""
-    host, port = client.writer.get_extra_info("sockname")[:2]
+    host, port = client.sockname
     assert data["peer"] == f"{host}:{port}"
 
 
 async def test_path_and_query_split(serve: Serve, clients: Connect) -> None:
     server = await serve()
     client = await clients(server.port)
-    data = (await client.request(get("/v1/a%20b/queues?limit=5&wait=2&x=%3F"))).json()
+    data = (await client.exchange(get("/v1/a%20b/queues?limit=5&wait=2&x=%3F"))).json()
     assert data["path"] == "/v1/a%20b/queues"  # still percent-encoded
     assert data["query"] == "limit=5&wait=2&x=%3F"  # raw, without '?'
-    data = (await client.request(get("/empty?"))).json()
+    data = (await client.exchange(get("/empty?"))).json()
     assert (data["path"], data["query"]) == ("/empty", "")
-    data = (await client.request(get("http://example.com/abs/form?q=1"))).json()
+    data = (await client.exchange(get("http://test/abs/form?q=1"))).json()  # Host: test
     assert (data["path"], data["query"]) == ("/abs/form", "q=1")
-    data = (await client.request(get("/frag?a=1#section"))).json()
+    data = (await client.exchange(get("/frag?a=1#section"))).json()
     assert (data["path"], data["query"]) == ("/frag", "a=1")
 
 
 async def test_headers_lowercased_and_repeats_joined(serve: Serve, clients: Connect) -> None:
     server = await serve()
     client = await clients(server.port)
-    reply = await client.request(get("/", "X-Thing: one", "x-thing: two", "Accept: */*"))
+    reply = await client.exchange(get("/", "X-Thing: one", "x-thing: two", "Accept: */*"))
     headers = reply.json()["headers"]
     assert headers["x-thing"] == "one, two"
     assert headers["accept"] == "*/*"
@@ -114,15 +115,15 @@ async def test_chunked_body(serve: Serve, clients: Connect) -> None:
     assert data["method"] == "PUT"
     assert data["body"] == "hello world"
     # and the connection is still good afterwards
-    assert (await client.request(get("/after"))).json()["path"] == "/after"
+    assert (await client.exchange(get("/after"))).json()["path"] == "/after"
 
 
 async def test_expect_100_continue(serve: Serve, clients: Connect) -> None:
     server = await serve(max_body_bytes=100)
     client = await clients(server.port)
     await client.send(b"PUT /q HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
-    assert await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), 2) == b"HTTP/1.1 100 Continue\r\n\r\n"
-    reply = await client.request(b"hello")
+    assert await client.read_until(b"\r\n\r\n", timeout=2) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    reply = await client.exchange(b"hello")
     assert reply.json()["body"] == "hello"
     # a body that would be refused is refused before it is sent
     await client.send(b"PUT /q HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 101\r\n\r\n")
@@ -133,9 +134,9 @@ async def test_head_has_length_but_no_body(serve: Serve, clients: Connect) -> No
     server = await serve()
     client = await clients(server.port)
     await client.send(b"HEAD /big?n=10 HTTP/1.1\r\nHost: t\r\n\r\n")
-    line = await client.reader.readuntil(b"\r\n\r\n")
+    line = await client.read_until(b"\r\n\r\n")
     assert b"content-length: 10\r\n" in line
-    reply = await client.request(get("/next"))  # no stray body bytes before the next response
+    reply = await client.exchange(get("/next"))  # no stray body bytes before the next response
     assert reply.json()["path"] == "/next"
 
 
@@ -143,26 +144,26 @@ async def test_a_head_rejected_while_parsing_gets_no_error_body(serve: Serve, cl
     server = await serve(max_url_bytes=64)
     client = await clients(server.port)
     await client.send(b"HEAD /" + b"u" * 100 + b" HTTP/1.1\r\nHost: t\r\n\r\n")
-    head = await client.reader.readuntil(b"\r\n\r\n")
+    head = await client.read_until(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 414 ")
     assert b"content-length: " in head and b"connection: close" in head
-    assert await asyncio.wait_for(client.reader.read(), 2) == b""  # no body, then the close
+    assert await client.read_to_eof(timeout=2) == b""  # no body, then the close
 
 
 async def test_no_body_statuses_have_no_content_length(serve: Serve, clients: Connect) -> None:
     server = await serve()
     client = await clients(server.port)
-    reply = await client.request(get("/status?s=204"))
+    reply = await client.exchange(get("/status?s=204"))
     assert reply.status == 204
     assert "content-length" not in reply.headers
-    assert (await client.request(get("/status?s=201"))).status == 201
+    assert (await client.exchange(get("/status?s=201"))).status == 201
 
 
 async def test_keep_alive_several_requests(serve: Serve, clients: Connect) -> None:
     server = await serve()
     client = await clients(server.port)
     for i in range(5):
-        reply = await client.request(get(f"/n/{i}"))
+        reply = await client.exchange(get(f"/n/{i}"))
         assert reply.json()["path"] == f"/n/{i}"
     assert server.connections == 1
 
@@ -186,7 +187,7 @@ async def test_deep_pipelining_pauses_and_resumes_reading(serve: Serve, app: App
         assert (await client.reply()).json()["query"].endswith(f"i={i}")
     assert app.calls == 300
     # ...and resumes once they are answered: later requests are still read
-    assert (await client.request(get("/later"))).json()["path"] == "/later"
+    assert (await client.exchange(get("/later"))).json()["path"] == "/later"
 
 
 async def test_peer_not_reading_stops_handling(serve: Serve, app: App) -> None:
@@ -195,8 +196,7 @@ async def test_peer_not_reading_stops_handling(serve: Serve, app: App) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
-    reader, writer = await asyncio.open_connection(sock=sock)
-    client = Client(reader, writer)
+    client = await Client(timeout=5.0).connect(sock=sock)
     try:
         n = 16
         await client.send(b"".join(get("/big?n=1000000") for _ in range(n)))
@@ -213,7 +213,7 @@ async def test_peer_not_reading_stops_handling(serve: Serve, app: App) -> None:
 async def test_http10_closes_by_default(serve: Serve, clients: Connect) -> None:
     server = await serve()
     client = await clients(server.port)
-    reply = await client.request(get("/old", version="1.0"))
+    reply = await client.exchange(get("/old", version="1.0"))
     assert reply.status == 200
     assert reply.headers["connection"] == "close"
     assert await client.at_eof()
@@ -223,7 +223,7 @@ async def test_http10_keep_alive_when_asked(serve: Serve, clients: Connect) -> N
     server = await serve()
     client = await clients(server.port)
     for _ in range(2):
-        reply = await client.request(get("/old", "Connection: keep-alive", version="1.0"))
+        reply = await client.exchange(get("/old", "Connection: keep-alive", version="1.0"))
         assert reply.headers["connection"] == "keep-alive"
 
 
@@ -244,7 +244,7 @@ async def test_client_eof_still_gets_ready_responses(serve: Serve, clients: Conn
     client = await clients(server.port)
     # A FIN counts as a vanished client; responses that are ready are still flushed before the close.
     await client.send(get("/a") + get("/b"))
-    client.writer.write_eof()
+    client.write_eof()
     assert (await client.reply()).json()["path"] == "/a"
     assert (await client.reply()).json()["path"] == "/b"
     assert await client.at_eof()
@@ -259,13 +259,13 @@ async def test_awaitable_handler_that_is_not_a_coroutine(serve: Serve, clients: 
 
     server = await serve(handler)
     client = await clients(server.port)
-    assert (await client.request(get("/future"))).body == b"/future"
+    assert (await client.exchange(get("/future"))).body == b"/future"
 
 
 async def test_handler_runs_in_a_task_after_it_suspends(serve: Serve, app: App, clients: Connect) -> None:
     server = await serve()
     client = await clients(server.port)
-    assert (await client.request(get("/task"))).status == 200
+    assert (await client.exchange(get("/task"))).status == 200
     # fast path: the first step runs synchronously, with no Task; the rest runs in one
     assert app.in_task == [False, True]
 
@@ -278,12 +278,12 @@ async def test_handler_exception_is_500_and_connection_survives(
 ) -> None:
     server = await serve()
     client = await clients(server.port)
-    reply = await client.request(get("/boom"))
+    reply = await client.exchange(get("/boom"))
     assert reply.status == 500
     assert reply.json()["error"] == "internal"
     assert "connection" not in reply.headers
     assert any(r.name == "burrow.http" and r.exc_info for r in caplog.records)
-    assert (await client.request(get("/again"))).json()["path"] == "/again"
+    assert (await client.exchange(get("/again"))).json()["path"] == "/again"
 
 
 async def test_exception_after_suspending_is_500(serve: Serve, clients: Connect) -> None:
@@ -293,8 +293,8 @@ async def test_exception_after_suspending_is_500(serve: Serve, clients: Connect)
 
     server = await serve(handler)
     client = await clients(server.port)
-    assert (await client.request(get("/x"))).status == 500
-    assert (await client.request(get("/y"))).status == 500  # still usable
+    assert (await client.exchange(get("/x"))).status == 500
+    assert (await client.exchange(get("/y"))).status == 500  # still usable
 
 
 async def test_disconnect_cancels_running_handler(
@@ -321,7 +321,7 @@ async def test_declared_body_too_large_is_413(serve: Serve, clients: Connect, ap
     await assert_error_and_close(client, 413, "payload_too_large")
     assert app.calls == 0
     ok = await clients(server.port)
-    reply = await ok.request(b"POST /q HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n" + b"a" * 100)
+    reply = await ok.exchange(b"POST /q HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n" + b"a" * 100)
     assert reply.status == 200  # exactly the limit is fine
 
 
@@ -341,7 +341,7 @@ async def test_header_section_too_large_is_431(serve: Serve, clients: Connect) -
     await client.send(get("/", "X-Big: " + "a" * 2000))
     await assert_error_and_close(client, 431, "headers_too_large")
     ok = await clients(server.port)
-    assert (await ok.request(get("/", "X-Fits: " + "a" * 900))).status == 200
+    assert (await ok.exchange(get("/", "X-Fits: " + "a" * 900))).status == 200
     await assert_served(server.port, clients)
 
 
@@ -362,7 +362,7 @@ async def test_too_many_headers_is_431(serve: Serve, clients: Connect) -> None:
     server = await serve(max_header_count=10)
     ok = await clients(server.port)
     nine = [f"X-H{i}: v" for i in range(9)]  # plus Host: 10 headers
-    assert (await ok.request(get("/", *nine))).status == 200
+    assert (await ok.exchange(get("/", *nine))).status == 200
     client = await clients(server.port)
     await client.send(get("/", *nine, "X-One-Too-Many: v"))
     await assert_error_and_close(client, 431, "headers_too_large")
@@ -375,7 +375,7 @@ async def test_too_many_headers_is_431(serve: Serve, clients: Connect) -> None:
 async def test_url_too_long_is_414(serve: Serve, clients: Connect) -> None:
     server = await serve(max_url_bytes=100)
     ok = await clients(server.port)
-    assert (await ok.request(get("/" + "a" * 99))).status == 200
+    assert (await ok.exchange(get("/" + "a" * 99))).status == 200
     client = await clients(server.port)
     await client.send(get("/" + "a" * 100))
     await assert_error_and_close(client, 414, "uri_too_long")
@@ -405,7 +405,7 @@ async def test_body_timeout_is_408(serve: Serve, clients: Connect) -> None:
 async def test_idle_connection_closed_silently(serve: Serve, clients: Connect) -> None:
     server = await serve(idle_timeout=0.2)
     client = await clients(server.port)
-    assert (await client.request(get("/"))).status == 200
+    assert (await client.exchange(get("/"))).status == 200
     started = time.monotonic()
     assert await client.at_eof()  # no bytes, just the close
     assert 0.15 < time.monotonic() - started < 2
@@ -416,22 +416,22 @@ async def test_busy_connection_not_timed_out(serve: Serve, clients: Connect) -> 
     server = await serve(header_timeout=0.1, body_timeout=0.1, idle_timeout=0.2)
     client = await clients(server.port)
     # a handler slower than every timeout is not a client stall
-    assert (await client.request(get("/slow?d=0.3"))).status == 200
+    assert (await client.exchange(get("/slow?d=0.3"))).status == 200
     # requests spaced under the idle timeout keep the connection, well past one idle period
     for _ in range(4):
         await asyncio.sleep(0.07)
-        assert (await client.request(get("/"))).status == 200
+        assert (await client.exchange(get("/"))).status == 200
 
 
 async def test_max_connections_503(serve: Serve, clients: Connect) -> None:
     server = await serve(max_connections=2)
     first, second = await clients(server.port), await clients(server.port)
-    assert (await first.request(get("/"))).status == 200
-    assert (await second.request(get("/"))).status == 200
+    assert (await first.exchange(get("/"))).status == 200
+    assert (await second.exchange(get("/"))).status == 200
     third = await clients(server.port)
     await assert_error_and_close(third, 503, "unavailable")
     assert server.connections == 2
-    assert (await first.request(get("/"))).status == 200  # existing ones unaffected
+    assert (await first.exchange(get("/"))).status == 200  # existing ones unaffected
     await first.close()
     await wait_until(lambda: server.connections == 1)
     await assert_served(server.port, clients)
@@ -481,12 +481,12 @@ BAD_REQUESTS = {
 async def test_malformed_is_400_and_close(serve: Serve, clients: Connect, app: App, data: bytes) -> None:
     server = await serve()
     bystander = await clients(server.port)
-    assert (await bystander.request(get("/before"))).status == 200
+    assert (await bystander.exchange(get("/before"))).status == 200
     client = await clients(server.port)
     await client.send(data)
     await assert_error_and_close(client, 400, "bad_request")
     assert app.calls == 1  # the bad request never reached the handler
-    assert (await bystander.request(get("/after"))).status == 200  # other connections unaffected
+    assert (await bystander.exchange(get("/after"))).status == 200  # other connections unaffected
     await assert_served(server.port, clients)
 
 
@@ -525,7 +525,7 @@ async def test_413_reaches_a_client_still_uploading(serve: Serve, clients: Conne
     # the server then discards input until the client closes (lingering close) rather than
     # closing with unread bytes, which can reset the connection before the reply is read.
     head = b"POST /q HTTP/1.1\r\nHost: t\r\nContent-Length: 8000000\r\n\r\n"
-    client.writer.write(head + b"x" * 8_000_000)
+    await client.send(head + b"x" * 8_000_000, drain=False)
     await assert_error_and_close(client, 413, "payload_too_large")
 
 
@@ -535,7 +535,7 @@ async def test_413_reaches_a_client_still_uploading(serve: Serve, clients: Conne
 async def test_graceful_close(serve: Serve, app: App, clients: Connect) -> None:
     server = await serve()
     idle = await clients(server.port)
-    assert (await idle.request(get("/"))).status == 200
+    assert (await idle.exchange(get("/"))).status == 200
     busy = await clients(server.port)
     await busy.send(get("/slow?d=0.2"))
     hung = await clients(server.port)
@@ -552,7 +552,7 @@ async def test_graceful_close(serve: Serve, app: App, clients: Connect) -> None:
     assert app.hang_cancelled.is_set()  # past the grace: cancelled
     assert server.connections == 0
     with pytest.raises(OSError):
-        await asyncio.open_connection("127.0.0.1", server.port)
+        await Client(port=server.port).connect()
 
 
 async def test_sock_argument_and_port(serve: Serve, app: App, clients: Connect) -> None:
@@ -567,7 +567,7 @@ async def test_sock_argument_and_port(serve: Serve, app: App, clients: Connect) 
         assert server.port == port
         assert server.host == "127.0.0.1"
         client = await clients(port)
-        assert (await client.request(get("/via-sock"))).status == 200
+        assert (await client.exchange(get("/via-sock"))).status == 200
     finally:
         await server.close()
 
@@ -588,15 +588,12 @@ def test_loop_factory_prefers_uvloop_and_falls_back(monkeypatch: pytest.MonkeyPa
 
 async def test_echo_baseline_serves_pipelined_requests() -> None:
     server, port = await start_echo_server("127.0.0.1", 0)
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    client = await Client(port=port, timeout=2).connect()
     try:
-        writer.write(get("/") * 3)
-        for _ in range(3):
-            reply = await asyncio.wait_for(read_reply(reader), 2)
+        for reply in await client.pipeline([get("/")] * 3):
             assert (reply.status, reply.body) == (200, b"ok")
     finally:
-        writer.close()
-        await writer.wait_closed()
+        await client.close()
         server.close()
         await server.wait_closed()
 
