@@ -15,23 +15,20 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import re
-import signal
 import sqlite3
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from burrow.client import Connection
+from burrow.testing.process import ServeProcess
 
 CYCLES = int(os.environ.get("BURROW_CRASH_CYCLES", "20"))
 PRODUCERS = 4
 CONSUMERS = 4
 #: Seconds of load before the kill, drawn uniformly from this range each cycle.
 LOAD_SECONDS = (0.05, 0.5)
-READY = re.compile(r"listening on http://([0-9.]+):(\d+) ")
 QUEUE = "/v1.0/crash/jobs"
 
 
@@ -44,63 +41,6 @@ class Ledger:
     sent_deletes: set[str] = field(default_factory=set)
     acked_deletes: set[str] = field(default_factory=set)
     received: Counter[str] = field(default_factory=Counter)
-
-
-class Server:
-    """One ``burrow serve`` process; readiness is its log line, never a sleep."""
-
-    def __init__(self, db: Path) -> None:
-        self.db = db
-        self.proc: asyncio.subprocess.Process | None = None
-        self.log: list[str] = []
-        self._drain: asyncio.Task[None] | None = None
-
-    async def start(self) -> str:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "burrow",
-            "serve",
-            "--backend",
-            f"sqlite:///{self.db}",
-            "--port",
-            "0",
-            "--fsync",
-            "batch",
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        assert self.proc.stderr is not None
-        while True:
-            line = (await asyncio.wait_for(self.proc.stderr.readline(), 30)).decode(errors="replace")
-            if not line:
-                raise AssertionError("server exited before listening:\n" + "".join(self.log))
-            self.log.append(line)
-            found = READY.search(line)
-            if found:
-                break
-        self._drain = asyncio.get_running_loop().create_task(self._read_rest())
-        return f"http://{found.group(1)}:{found.group(2)}"
-
-    async def _read_rest(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        while line := await self.proc.stderr.readline():
-            self.log.append(line.decode(errors="replace"))
-
-    async def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        assert await self.proc.wait() == -signal.SIGKILL
-        if self._drain is not None:
-            await self._drain
-
-    async def stop(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(self.proc.wait(), 30) == 0, "".join(self.log[-20:])
-        if self._drain is not None:
-            await self._drain
 
 
 async def producer(url: str, name: str, ledger: Ledger) -> None:
@@ -131,7 +71,7 @@ async def consumer(url: str, ledger: Ledger) -> None:
                 ledger.acked_deletes.add(mid)
 
 
-async def load_until_killed(server: Server, url: str, cycle: int, ledger: Ledger) -> None:
+async def load_until_killed(server: ServeProcess, url: str, cycle: int, ledger: Ledger) -> None:
     clients = [asyncio.ensure_future(producer(url, f"c{cycle}p{i}", ledger)) for i in range(PRODUCERS)]
     clients += [asyncio.ensure_future(consumer(url, ledger)) for _ in range(CONSUMERS)]
     await asyncio.sleep(random.uniform(*LOAD_SECONDS))  # the random moment of the crash
@@ -179,12 +119,12 @@ async def test_sigkill_under_load_loses_no_acknowledged_write(tmp_path: Path) ->
     ledger = Ledger()
     started = time.monotonic()
     for cycle in range(CYCLES):
-        server = Server(db)
+        server = ServeProcess("--backend", f"sqlite:///{db}", "--port", "0", "--fsync", "batch")
         url = await server.start()
         await load_until_killed(server, url, cycle, ledger)
         assert integrity(db) == "ok", f"cycle {cycle}: integrity_check failed"
 
-    server = Server(db)
+    server = ServeProcess("--backend", f"sqlite:///{db}", "--port", "0", "--fsync", "batch")
     url = await server.start()
     present = await drain(url)
     await server.stop()

@@ -25,10 +25,8 @@ import asyncio
 import math
 import os
 import random
-import re
 import signal
 import sqlite3
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -49,6 +47,7 @@ from burrow.clock import Clock
 from burrow.config import Settings
 from burrow.testing.backends import SERVER_BACKENDS
 from burrow.testing.history import History, Op, Report, Stamp
+from burrow.testing.process import ServeProcess
 from burrow.testing.server import running_server
 
 SOAK = os.environ.get("BURROW_SOAK", "") not in ("", "0")
@@ -59,7 +58,6 @@ SECONDS = 30.0 if SOAK else 2.5
 #: SIGSTOP pauses per run, and clock jumps (forward then back) per run.
 PAUSES = 12 if SOAK else 1
 JUMPS = 40 if SOAK else 4
-READY = re.compile(r"listening on http://([0-9.]+):(\d+) ")
 #: What a client that lost its connection, or gave up waiting, sees.
 LOST_CONNECTION = (OSError, EOFError, asyncio.TimeoutError)
 
@@ -367,59 +365,8 @@ async def test_sqs_workload(backend: str, tmp_path: Path) -> None:
 # -- burrow serve processes: SIGKILL, SIGSTOP ------------------------------------------------------
 
 
-class ServerProcess:
-    """One ``python -m burrow serve``; readiness is its log line, never a sleep."""
-
-    def __init__(self, backend: str, *args: str) -> None:
-        self.args = ("--backend", backend, "--port", "0", "--clean-interval", "0.1", *args)
-        self.proc: asyncio.subprocess.Process | None = None
-        self.log: list[str] = []
-        self._reader: asyncio.Task[None] | None = None
-
-    async def start(self) -> str:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "burrow",
-            "serve",
-            *self.args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        assert self.proc.stderr is not None
-        while True:
-            line = (await asyncio.wait_for(self.proc.stderr.readline(), 30)).decode(errors="replace")
-            if not line:
-                raise AssertionError("server exited before listening:\n" + "".join(self.log))
-            self.log.append(line)
-            if found := READY.search(line):
-                break
-        self._reader = asyncio.get_running_loop().create_task(self._read_rest())
-        return f"http://{found.group(1)}:{found.group(2)}"
-
-    async def _read_rest(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        while line := await self.proc.stderr.readline():
-            self.log.append(line.decode(errors="replace"))
-
-    def signal(self, signum: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signum)
-
-    async def kill(self) -> None:
-        self.signal(signal.SIGKILL)
-        assert self.proc is not None
-        assert await self.proc.wait() == -signal.SIGKILL
-        if self._reader is not None:
-            await self._reader
-
-    async def stop(self) -> None:
-        self.signal(signal.SIGTERM)
-        assert self.proc is not None
-        assert await asyncio.wait_for(self.proc.wait(), 30) == 0, "".join(self.log[-20:])
-        if self._reader is not None:
-            await self._reader
+def server_process(backend: str, *args: str) -> ServeProcess:
+    return ServeProcess("--backend", backend, "--port", "0", "--clean-interval", "0.1", *args)
 
 
 def integrity(db: Path) -> str:
@@ -443,14 +390,14 @@ async def test_sigkill_restart_cycles(tmp_path: Path) -> None:
     rng = random.Random(3)
     started = time.monotonic()
     for cycle in range(CYCLES):
-        server = ServerProcess(backend, "--fsync", "batch")
+        server = server_process(backend, "--fsync", "batch")
         url = await server.start()
         load = V1Load(history, url, queue, f"c{cycle}", Mix(pace=0.002), rng)
         load.start()
         await asyncio.sleep(rng.uniform(0.05, 0.5))
         await server.kill()
         await load.stop()
-    server = ServerProcess(backend)
+    server = server_process(backend)
     url = await server.start()
     await drain(history, url, queue)
     await server.stop()
@@ -465,7 +412,7 @@ async def test_sigstop_longer_than_hides(backend: str, tmp_path: Path) -> None:
     than the takers' 3 s ones: after SIGCONT the short hides have run out, the long ones still
     run, and no take may overlap one. Producers give up after 0.5 s (unknown outcomes)."""
     tmp_path.mkdir(exist_ok=True)
-    server = ServerProcess(SERVER_BACKENDS[backend].replace("{tmp}", str(tmp_path)))
+    server = server_process(SERVER_BACKENDS[backend].replace("{tmp}", str(tmp_path)))
     url = await server.start()
     history = History()
     queue = "/v1.0/history/stopped"

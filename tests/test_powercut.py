@@ -21,11 +21,8 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import re
 import shutil
-import signal
 import sqlite3
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,19 +30,23 @@ from pathlib import Path
 import pytest
 
 from burrow.client import Connection
+from burrow.testing.process import ServeProcess
 from tests.powercut import PowerCut, build, compiler
 
 CYCLES = int(os.environ.get("BURROW_POWERCUT_CYCLES", "8"))
 PRODUCERS = 4
 CONSUMERS = 4
 LOAD_SECONDS = (0.05, 0.4)
-READY = re.compile(r"listening on http://([0-9.]+):(\d+) ")
 QUEUE = "/v1.0/power/jobs"
 
 needs_cc = pytest.mark.skipif(
     compiler() is None and os.environ.get("BURROW_REQUIRE_SERVICES") != "1",
     reason="no C compiler to build the power-cut library",
 )
+
+
+def serve_args(db: Path, fsync: str) -> tuple[str, ...]:
+    return ("--backend", f"sqlite:///{db}", "--port", "0", "--fsync", fsync)
 
 
 @dataclass
@@ -56,62 +57,6 @@ class Ledger:
     sent_deletes: set[str] = field(default_factory=set)
     acked_deletes: set[str] = field(default_factory=set)
     received: Counter[str] = field(default_factory=Counter)
-
-
-class Server:
-    def __init__(self, db: Path, fsync: str, env: dict[str, str] | None) -> None:
-        self.db, self.fsync, self.env = db, fsync, env
-        self.proc: asyncio.subprocess.Process | None = None
-        self.log: list[str] = []
-        self._drain: asyncio.Task[None] | None = None
-
-    async def start(self) -> str:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "burrow",
-            "serve",
-            "--backend",
-            f"sqlite:///{self.db}",
-            "--port",
-            "0",
-            "--fsync",
-            self.fsync,
-            env=self.env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        assert self.proc.stderr is not None
-        while True:
-            line = (await asyncio.wait_for(self.proc.stderr.readline(), 30)).decode(errors="replace")
-            if not line:
-                raise AssertionError("server exited before listening:\n" + "".join(self.log))
-            self.log.append(line)
-            found = READY.search(line)
-            if found:
-                break
-        self._drain = asyncio.get_running_loop().create_task(self._read_rest())
-        return f"http://{found.group(1)}:{found.group(2)}"
-
-    async def _read_rest(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        while line := await self.proc.stderr.readline():
-            self.log.append(line.decode(errors="replace"))
-
-    async def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        assert await self.proc.wait() == -signal.SIGKILL
-        if self._drain is not None:
-            await self._drain
-
-    async def stop(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(self.proc.wait(), 30) == 0, "".join(self.log[-20:])
-        if self._drain is not None:
-            await self._drain
 
 
 async def producer(url: str, name: str, ledger: Ledger) -> None:
@@ -212,7 +157,7 @@ async def run_cuts(tmp_path: Path, fsync: str, cycles: int) -> Outcome:
     db = sim.data / "burrow.db"
     ledger = Ledger()
     for cycle in range(cycles):
-        server = Server(db, fsync, sim.env())
+        server = ServeProcess(*serve_args(db, fsync), env=sim.env())
         url = await server.start()
         clients = [asyncio.ensure_future(producer(url, f"c{cycle}p{i}", ledger)) for i in range(PRODUCERS)]
         clients += [asyncio.ensure_future(consumer(url, ledger)) for _ in range(CONSUMERS)]
@@ -228,7 +173,7 @@ async def run_cuts(tmp_path: Path, fsync: str, cycles: int) -> Outcome:
         if "burrow.db" in back:
             assert integrity(db) == "ok", f"cycle {cycle}: integrity_check failed"
 
-    server = Server(db, fsync, None)
+    server = ServeProcess(*serve_args(db, fsync))
     url = await server.start()
     async with Connection(url) as conn:
         stored = await listing(conn, hidden=True)

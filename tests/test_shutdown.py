@@ -9,42 +9,16 @@ receive), not a reset connection, and the process must exit 0.
 from __future__ import annotations
 
 import asyncio
-import re
-import signal
-import sys
 
 import orjson
 
 from burrow.client import Connection
-
-READY = re.compile(r"listening on http://([0-9.]+):(\d+) ")
-
-
-async def _started() -> tuple[asyncio.subprocess.Process, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "burrow",
-        "serve",
-        "--backend",
-        "memory://",
-        "--port",
-        "0",
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stderr is not None
-    while True:
-        line = (await asyncio.wait_for(proc.stderr.readline(), 30)).decode(errors="replace")
-        assert line, "server exited before listening"
-        found = READY.search(line)
-        if found:
-            return proc, f"http://{found.group(1)}:{found.group(2)}"
+from burrow.testing.process import ServeProcess
 
 
 async def test_sigterm_answers_parked_long_polls() -> None:
-    proc, url = await _started()
+    server = ServeProcess("--backend", "memory://", "--port", "0")
+    url = await server.start()
     try:
         async with Connection(url) as setup:
             created = await setup.request(
@@ -78,12 +52,11 @@ async def test_sigterm_answers_parked_long_polls() -> None:
         assert not v1_poll.done() and not sqs_poll.done()
         loop = asyncio.get_running_loop()
         start = loop.time()
-        proc.send_signal(signal.SIGTERM)
+        stopping = asyncio.create_task(server.stop())  # SIGTERM; exit status 0 within 30 s
         assert await asyncio.wait_for(v1_poll, 10) == 404
         assert await asyncio.wait_for(sqs_poll, 10) == (200, {})
         assert loop.time() - start < 5
-        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        await stopping
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        if server.proc is not None and server.proc.returncode is None:
+            await server.kill()
