@@ -29,7 +29,6 @@ import orjson
 from burrow.core.model import Message
 
 DEFAULT_ACCOUNT = "000000000000"
-DEFAULT_REGION = "us-east-1"
 
 #: Settable queue attributes and their defaults (strings, as on the wire).
 DEFAULTS: dict[str, str] = {
