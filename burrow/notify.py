@@ -71,48 +71,62 @@ class LocalNotifier(Notifier):
     """Waiters and events within one process (the memory and SQLite backends)."""
 
     def __init__(self) -> None:
-        #: queue -> waiter -> taker?; dicts keep subscription order, so the oldest taker wakes first.
-        self._waiters: dict[QueueKey, dict[asyncio.Future[None], bool]] = {}
+        #: queue -> waiters, readers and takers apart; dicts keep subscription order, so the
+        #: oldest taker wakes first, and an event costs O(readers + visible), not O(waiters).
+        self._readers: dict[QueueKey, dict[asyncio.Future[None], None]] = {}
+        self._takers: dict[QueueKey, dict[asyncio.Future[None], None]] = {}
 
     def subscribe(self, key: QueueKey, waiter: asyncio.Future[None], taker: bool) -> None:
-        waiters = self._waiters.get(key)
+        table = self._takers if taker else self._readers
+        waiters = table.get(key)
         if waiters is None:
-            waiters = self._waiters[key] = {}
-        waiters[waiter] = taker
+            waiters = table[key] = {}
+        waiters[waiter] = None
 
     def unsubscribe(self, key: QueueKey, waiter: asyncio.Future[None]) -> None:
-        waiters = self._waiters.get(key)
-        if waiters is not None:
-            waiters.pop(waiter, None)
-            if not waiters:
-                del self._waiters[key]
+        for table in (self._takers, self._readers):
+            waiters = table.get(key)
+            if waiters is not None and waiter in waiters:
+                del waiters[waiter]
+                if not waiters:
+                    del table[key]
+                return
 
     def publish(self, key: QueueKey, visible: int | None = None) -> None:
-        waiters = self._waiters.get(key)
-        if not waiters:
+        readers = self._readers.get(key)
+        if readers:
+            for waiter in readers:
+                wake(waiter)
+        takers = self._takers.get(key)
+        if not takers:
             return
         if visible is None:
-            for waiter in waiters:
+            for waiter in takers:
                 wake(waiter)
             return
-        for waiter, taker in waiters.items():
-            if not taker:
-                wake(waiter)
-            elif visible > 0 and not waiter.done():
+        for waiter in takers:
+            if visible <= 0:
+                break
+            if not waiter.done():
                 waiter.set_result(None)
                 visible -= 1
 
     def wake_all(self) -> None:
-        for waiters in self._waiters.values():
-            for waiter in waiters:
-                wake(waiter)
+        for table in (self._readers, self._takers):
+            for waiters in table.values():
+                for waiter in waiters:
+                    wake(waiter)
 
     @property
     def waiting(self) -> int:
-        return sum(len(s) for s in self._waiters.values())
+        return sum(map(len, self._readers.values())) + sum(map(len, self._takers.values()))
 
     def has_waiters(self) -> bool:
-        return bool(self._waiters)
+        return bool(self._readers or self._takers)
+
+    def watching(self, key: QueueKey) -> bool:
+        """Whether any waiter is parked on ``key`` (a cross-process notifier subscribes while so)."""
+        return key in self._readers or key in self._takers
 
 
 def wake(waiter: asyncio.Future[None]) -> None:

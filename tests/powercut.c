@@ -15,6 +15,11 @@
  * temporary name and renamed, so a SIGKILL during a copy leaves the previous one.
  * unlink() of a tracked file drops its copy. Directory entries are taken as durable once
  * the file's data was synced (the model is about data, not about directory syncs).
+ *
+ * Failing syncs: while the file named by $BURROW_POWERCUT_FAIL_SYNC exists, fsync() and
+ * fdatasync() of tracked files fail with EIO and neither sync nor copy anything, as a disk
+ * that stopped accepting writes would: what was written since the last good sync stays
+ * out of the copies. Unset (or the file absent), syncs behave as above.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -36,6 +41,7 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static unsigned char tracked[MAX_FD];
 static char dir[PATH_MAX];
 static char shadow[PATH_MAX];
+static char fail_flag[PATH_MAX];
 static size_t dir_len;
 static int ready;
 
@@ -77,6 +83,8 @@ static void init(void) {
         snprintf(shadow, sizeof shadow, "%s", s);
         dir_len = strlen(dir);
     }
+    const char *f = getenv("BURROW_POWERCUT_FAIL_SYNC");
+    if (f && strlen(f) + 1 < sizeof fail_flag) snprintf(fail_flag, sizeof fail_flag, "%s", f);
     ready = 1;
 }
 
@@ -236,9 +244,19 @@ int ftruncate(int fd, off_t length) { SERIALISED(fd, real_ftruncate(fd, length))
 
 int ftruncate64(int fd, off_t length) { SERIALISED(fd, real_ftruncate64(fd, length)); }
 
+/* Whether syncs are to fail now: the flag file exists. */
+static int failing(void) {
+    struct stat st;
+    return fail_flag[0] && stat(fail_flag, &st) == 0;
+}
+
 static int synced(int fd, int (*real)(int)) {
     init();
     if (is_tracked(fd)) {
+        if (failing()) {
+            errno = EIO;
+            return -1;
+        }
         pthread_mutex_lock(&lock);
         snapshot(fd);
         pthread_mutex_unlock(&lock);

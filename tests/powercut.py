@@ -3,7 +3,8 @@
 A server started with :meth:`PowerCut.env` keeps, for each file of the data directory,
 a copy as of its last ``fsync``/``fdatasync``. :meth:`PowerCut.restore` (after the
 process is killed) puts those copies in place of the files: what the disk would hold
-after a power cut that lost every write not yet synced.
+after a power cut that lost every write not yet synced. :meth:`PowerCut.fail_syncs`
+makes every sync of those files fail with EIO (and copy nothing) until it is turned off.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class PowerCut:
         self.shadow = shadow.resolve()
         self.data.mkdir(parents=True, exist_ok=True)
         self.shadow.mkdir(parents=True, exist_ok=True)
+        #: While this file exists, syncs fail (it lives beside the shadow copies, not watched).
+        self.fail_flag = self.shadow.parent / f"{self.shadow.name}.fail-sync"
 
     def env(self) -> dict[str, str]:
         """Environment for a server process whose writes to ``data`` are watched."""
@@ -52,7 +55,16 @@ class PowerCut:
             "LD_PRELOAD": str(self.lib),
             "BURROW_POWERCUT_DIR": str(self.data),
             "BURROW_POWERCUT_SHADOW": str(self.shadow),
+            "BURROW_POWERCUT_FAIL_SYNC": str(self.fail_flag),
         }
+
+    def fail_syncs(self, on: bool) -> None:
+        """From now on, every ``fsync``/``fdatasync`` of a watched file fails with EIO (``on``)
+        or works again (not ``on``)."""
+        if on:
+            self.fail_flag.touch()
+        else:
+            self.fail_flag.unlink(missing_ok=True)
 
     def restore(self) -> list[str]:
         """After the process died: every file becomes its last synced copy (or goes).

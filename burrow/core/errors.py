@@ -50,6 +50,14 @@ class StorageUnavailable(BurrowError):
     code = "storage_unavailable"
 
 
+class InsufficientStorage(StorageUnavailable):
+    """The disk is full: the write was not stored. Deletes and expiry still work and free room
+    for new messages (a subclass, so code that handles a storage failure handles this too)."""
+
+    status = 507
+    code = "insufficient_storage"
+
+
 # -- The HTTP layer's own refusals: answered before any handler runs (or instead of one), after
 # which the connection is closed.
 
@@ -134,6 +142,7 @@ _ALL: tuple[type[BurrowError], ...] = (
     NotFound,
     MethodNotAllowed,
     StorageUnavailable,
+    InsufficientStorage,
     RequestTimeout,
     PayloadTooLarge,
     UriTooLong,

@@ -492,8 +492,9 @@ class HttpProtocol(asyncio.Protocol):
         self._max_queued = s.max_body_bytes
         self._budget = s.max_inflight_bytes
         # Timeouts are checked by one periodic tick per connection, so requests set no deadlines:
-        # a timeout fires between its value and a quarter of the shortest timeout later.
-        self._tick = min(s.header_timeout, s.body_timeout, s.idle_timeout, s.write_timeout) / 4
+        # a timeout fires between its value and a quarter of the shortest timeout later, and at
+        # most one second late (a tick per connection per second at most, for long timeouts).
+        self._tick = min(s.header_timeout, s.body_timeout, s.idle_timeout, s.write_timeout, 4.0) / 4
         self._parser: Any = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         #: Where a Task continuing a handler runs ``_run_queue`` (not inside that Task).

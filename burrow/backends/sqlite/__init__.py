@@ -2,7 +2,8 @@
 
 Modules: ``schema`` (tables, indexes, constants), ``store`` (the operations),
 ``writer`` (transactions, syncs and checkpoints, and the durability reasoning),
-``backend`` (the storage contract on the event loop).
+``reserve`` (the disk space held for a full disk), ``backend`` (the storage contract on
+the event loop).
 
 Threading. Every method becomes a small function queued for the current event-loop
 iteration; at the iteration's end the whole list runs in one transaction on the loop's
@@ -22,6 +23,11 @@ on its own and acknowledges it after its sync; ``never`` never syncs (survives a
 crash, not a power cut). A failed commit rolls the transaction back and fails every
 request of the batch with :class:`StorageUnavailable`; a failed sync fails the requests
 waiting for it. Nothing is acknowledged with less than its mode promises.
+
+Full disk (``reserve``, docs/operations.md "Full disk"). A preallocated file beside the
+database is given up when a commit or checkpoint finds no space, so that deletes and expiry
+can still commit; the database is then pinned at its size (new messages fill only the pages
+deletes freed; others get 507) until the disk has room for the reserve again.
 
 Cost. The server is CPU-bound, so requests, statements and thread hand-offs are kept
 few: see ``store`` for the statements and ``writer`` for the hand-offs.

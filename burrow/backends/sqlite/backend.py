@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from burrow.backends.base import Backend
 from burrow.backends.sqlite import store as ops
+from burrow.backends.sqlite.reserve import RESERVE_BYTES, parse_size
 from burrow.backends.sqlite.writer import FSYNC_INTERVAL, STOP, SYNCHRONOUS, Op, Writer
 from burrow.config import Settings
 from burrow.core.errors import StorageUnavailable
@@ -24,14 +25,19 @@ class SQLiteBackend(Backend):
     """Durable storage in one SQLite file (or ``:memory:``); see the package docstring."""
 
     def __init__(
-        self, path: str, fsync: str = "batch", url: str = "", fsync_interval: float = FSYNC_INTERVAL
+        self,
+        path: str,
+        fsync: str = "batch",
+        url: str = "",
+        fsync_interval: float = FSYNC_INTERVAL,
+        reserve_bytes: int = RESERVE_BYTES,
     ) -> None:
         if fsync not in SYNCHRONOUS:
             raise ValueError(f"fsync must be always, batch or never, got {fsync!r}")
         self.path = path
         self.fsync = fsync
         self.url = url or ("sqlite://:memory:" if path == ":memory:" else f"sqlite:///{path}")
-        self._writer = Writer(path, fsync, fsync_interval)
+        self._writer = Writer(path, fsync, fsync_interval, reserve_bytes)
         self._pending: list[Op] = []
         #: The loop that opened the backend; every call comes from it (asking for the running
         #: loop per call costs a getpid() system call on Python 3.11).
@@ -40,25 +46,36 @@ class SQLiteBackend(Backend):
 
     @classmethod
     def from_url(cls, url: str, settings: Settings) -> SQLiteBackend:
-        """``sqlite:///relative.db``, ``sqlite:////absolute.db`` or ``sqlite://:memory:``."""
+        """``sqlite:///relative.db``, ``sqlite:////absolute.db`` or ``sqlite://:memory:``;
+        a file URL may end in ``?reserve=SIZE`` (bytes, or ``64MiB``; 0 = none), the disk
+        space held for deletes on a full disk (``reserve.RESERVE_BYTES`` by default)."""
         scheme, _, rest = url.partition("://")
         if scheme != "sqlite":
             raise ValueError(f"not a sqlite URL: {url!r}")
         if rest == ":memory:":
             return cls(":memory:", settings.fsync, url, settings.fsync_interval)
+        reserve = RESERVE_BYTES
+        rest, option, value = rest.partition("?reserve=")
+        if option:
+            reserve = parse_size(value)
         path = rest[1:] if rest.startswith("/") else ""
         if not path or path.endswith("/"):
             raise ValueError(
                 f"sqlite URL must name a file: sqlite:///relative.db, sqlite:////absolute.db"
                 f" or sqlite://:memory:, got {url!r}"
             )
-        return cls(path, settings.fsync, url, settings.fsync_interval)
+        return cls(path, settings.fsync, url, settings.fsync_interval, reserve)
 
     # -- plumbing ---------------------------------------------------------------
     @property
     def commits(self) -> int:
         """Transactions committed that contained writes (group commit makes this < writes)."""
         return self._writer.commits
+
+    @property
+    def pinned(self) -> bool:
+        """The disk was full: the file may not grow until the disk has room for the reserve again."""
+        return self._writer.pinned
 
     def inject_commit_fault(self, fault: Callable[[], None] | None) -> None:
         """Test seam: ``fault`` runs on the writer thread before every COMMIT of a write;

@@ -70,6 +70,9 @@ or may not be on disk) and later syncs are done by a full checkpoint until one s
 after an ``fdatasync`` error Linux may drop the failed pages' dirty state, so only
 writing the committed pages again (a checkpoint copies them into the database file and
 syncs it) proves them durable. A failed COMMIT acknowledges nothing of its transaction.
+A commit or checkpoint that fails for lack of space gives up the disk reserve and pins the
+database at its size (``Writer.on_full``, see ``reserve``): its requests get 507, and
+deletes keep committing in the room the reserve held.
 A request is never acknowledged with less than its mode promises; it may get more (a
 sync that came early). ``tests/test_powercut.py`` checks all this by dropping every
 write not yet synced at random moments under load.
@@ -95,10 +98,11 @@ from pathlib import Path
 from typing import Any
 
 from burrow.backends.sqlite import store as store_module
+from burrow.backends.sqlite.reserve import RESERVE_BYTES, ROOM_FACTOR, Reserve, is_full, mib
 from burrow.backends.sqlite.schema import CACHE_KIB, MAX_BATCH, SCHEMA_VERSION, install
 from burrow.backends.sqlite.store import Store
 from burrow.config import Settings
-from burrow.core.errors import StorageUnavailable
+from burrow.core.errors import InsufficientStorage, StorageUnavailable
 from burrow.core.model import Update
 
 log = logging.getLogger("burrow.sqlite")
@@ -177,7 +181,16 @@ def _settle(ops: list[Op], results: list[Any]) -> None:
             fut.set_result(result)
 
 
+#: ``Writer._attempt``'s operations to leave out on the fast path: none (never written to).
+_NO_DROPS: dict[int, _Failed] = {}
+
+
 def _unavailable(error: BaseException) -> StorageUnavailable:
+    if is_full(error):
+        return InsufficientStorage(
+            f"insufficient storage: the disk is full and the change was not stored ({error});"
+            " deletes and expiry still work and make room"
+        )
     return StorageUnavailable(f"storage unavailable: the change was not committed ({error})")
 
 
@@ -194,7 +207,13 @@ def _name_thread(name: str) -> None:
 class Writer(threading.Thread):
     """Runs batches in transactions (on the loop's thread) and syncs them (on this thread)."""
 
-    def __init__(self, path: str, fsync: str, fsync_interval: float = FSYNC_INTERVAL) -> None:
+    def __init__(
+        self,
+        path: str,
+        fsync: str,
+        fsync_interval: float = FSYNC_INTERVAL,
+        reserve_bytes: int = RESERVE_BYTES,
+    ) -> None:
         super().__init__(name="burrow-sqlite-sync", daemon=True)
         if fsync not in SYNCHRONOUS:
             raise ValueError(f"fsync must be always, batch or never, got {fsync!r}")
@@ -238,6 +257,17 @@ class Writer(threading.Thread):
         self._wal_fd = -1
         #: A sync failed: prove durability with a full checkpoint before trusting fdatasync again.
         self._broken = False
+        #: Room held for a full disk (see ``reserve``); none for ``:memory:``. Made, released
+        #: and made again with ``lock`` held, like every use of the connection.
+        self.reserve = Reserve(path + ".reserve", 0 if path == ":memory:" else reserve_bytes)
+        #: The database may not grow (``max_page_count`` is its size): the reserve is not held.
+        self.pinned = False
+        #: SQLite's own ``max_page_count``, restored when the pin is lifted.
+        self._max_pages = 0
+        #: Set by the last transaction attempt: something in it failed for lack of space; its
+        #: COMMIT did (the log could not grow).
+        self._full = False
+        self._commit_full = False
 
     # -- the connection -----------------------------------------------------------
     def connect(self) -> Store:
@@ -253,7 +283,13 @@ class Writer(threading.Thread):
             conn.execute("PRAGMA wal_autocheckpoint = 0")
             conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             conn.execute("PRAGMA temp_store = MEMORY")
+            if self.reserve.size:  # a restarted log is cut back to this (see _wal_outgrew_reserve)
+                conn.execute(f"PRAGMA journal_size_limit = {self.reserve.size // 2}")
             install(conn, self.path)  # a write: the WAL file exists after it
+            if not self._max_pages:
+                self._max_pages = int(conn.execute("PRAGMA max_page_count").fetchone()[0])
+            if self.pinned:
+                self._pin(conn)
             return Store(conn)
         except BaseException:
             conn.close()
@@ -282,6 +318,92 @@ class Writer(threading.Thread):
         if self._wal_fd >= 0:
             os.close(self._wal_fd)
             self._wal_fd = -1
+        self.reserve.release()  # a stopped server holds no space; the next start makes it again
+
+    # -- a full disk (see ``reserve``) ------------------------------------------------
+    def on_full(self, conn: sqlite3.Connection | None) -> bool:
+        """A write or checkpoint failed for lack of space (lock held): give up the reserve and
+        pin the database at its size. Returns whether that made room (the reserve was held),
+        so the caller may try once more.
+
+        Pinned, a write that needs a new page fails at once with SQLITE_FULL (507) while
+        deletes, expiry and checkpoints use the room the reserve held, and new messages
+        fill only what they freed inside the file.
+        """
+        if not self.reserve.size:
+            return False
+        made_room = self.reserve.release()
+        if not self.pinned:
+            self.pinned = True
+            log.warning(
+                "sqlite: the disk is full; released the %s reserve %s. New messages now only"
+                " fill space that deletes and expiry free inside the database (others get 507);"
+                " the database grows again once the disk has %s free",
+                mib(self.reserve.size),
+                self.reserve.path,
+                mib(ROOM_FACTOR * self.reserve.size),
+            )
+        if conn is not None:
+            try:
+                self._pin(conn)
+            except sqlite3.Error as error:
+                log.error("sqlite: cannot pin the database size: %s", error)
+        return made_room
+
+    def _wal_outgrew_reserve(self) -> bool:
+        """Whether the log file holds more than half the reserve: then it is checkpointed at
+        once rather than at the next tick.
+
+        A checkpoint grows the database by the new pages the log holds, at most the log's
+        size; kept under half the reserve (``journal_size_limit`` cuts a restarted log back
+        to it), the reserve covers that growth on a full disk and leaves as much for deletes.
+        """
+        if not self.reserve.size:
+            return False
+        try:
+            fd = self._wal_fd
+            size = os.fstat(fd).st_size if fd >= 0 else os.stat(self.path + "-wal").st_size
+        except OSError:
+            return False
+        return size > self.reserve.size // 2
+
+    def _start_reserve(self) -> None:
+        """At start (lock held): make the reserve, or start pinned if the disk has no room for it."""
+        if not self.reserve.size or self.reserve.make():
+            return
+        self.pinned = True
+        log.warning(
+            "sqlite: no room for the %s reserve %s; the database will not grow (new messages"
+            " only fill space freed inside it) until the disk has %s free",
+            mib(self.reserve.size),
+            self.reserve.path,
+            mib(ROOM_FACTOR * self.reserve.size),
+        )
+
+    @staticmethod
+    def _pin(conn: sqlite3.Connection) -> None:
+        """No new pages: ``max_page_count`` at the current size (SQLite never sets it lower)."""
+        pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+        conn.execute(f"PRAGMA max_page_count = {pages}")
+
+    def _unpin_if_room(self) -> None:
+        """On the sync thread: once the disk has room, make the reserve again and lift the pin."""
+        if not self.reserve.room():
+            return
+        try:
+            with self.lock:
+                if not self.pinned or not self.reserve.make():
+                    return
+                store = self.store
+                if store is not None:
+                    store.conn.execute(f"PRAGMA max_page_count = {self._max_pages}")
+                self.pinned = False
+        except sqlite3.Error as error:
+            log.error("sqlite: cannot lift the database size pin: %s", error)
+            return
+        finally:
+            self._unpark_later()
+        log.info("sqlite: the disk has room again; the reserve %s is back", self.reserve.path)
 
     # -- the loop's side ----------------------------------------------------------
     def run_batch(self, loop: asyncio.AbstractEventLoop, ops: list[Op]) -> None:
@@ -405,12 +527,69 @@ class Writer(threading.Thread):
         rolled back and the group replayed with a SAVEPOINT around each write, so only the
         failing operation fails (operations are pure functions of the store and their
         arguments, and nothing is delivered before COMMIT, so a replay is invisible).
+        A failure for lack of space releases the reserve and pins the database
+        (``on_full``); if that made room the group is replayed once, so its deletes commit
+        in the room the reserve held while its new messages fail at the pin.
         """
+        self._full = self._commit_full = False
+        results = None if isolated else self._attempt(group, False, _NO_DROPS)
+        if results is not None and not self._full:
+            return results  # the common case
+        dropped: dict[int, _Failed] = {}
+        if results is None:
+            results = self._replayed(group, dropped)
+        if (dropped or self._full) and (
+            self.on_full(None if self.store is None else self.store.conn) or self._restart_log()
+        ):
+            dropped.clear()
+            results = self._replayed(group, dropped)
+        return results
+
+    def _restart_log(self) -> bool:
+        """Pinned, a COMMIT found no room to extend the log: checkpoint now (lock held, on the
+        loop's thread: a few milliseconds, only on a full disk) so that the log starts over
+        in the space it already has; whether the transaction may be tried once more.
+
+        The sync thread checkpoints after every commit while pinned, but batches committed
+        in between can fill the log; a statement refused by the pin is not this (it is
+        expected, and costs no checkpoint).
+        """
+        store = self.store
+        if not self._commit_full or store is None:
+            return False
+        try:
+            busy, frames, _ = store.conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            if busy:
+                return False
+            if frames:
+                self._restart_wal(store.conn)
+        except sqlite3.Error as error:
+            log.warning("sqlite: checkpoint on a full disk failed: %s", error)
+            return False
+        self.checkpoints += 1
+        return True
+
+    def _replayed(self, group: list[Op], dropped: dict[int, _Failed]) -> list[Any]:
+        """Isolated attempts until one ends; ``self._full``: something failed for lack of space.
+
+        SQLite may answer SQLITE_FULL by rolling the whole transaction back rather than the
+        statement: that operation is then failed alone (``dropped``, by index) and the rest
+        replayed, so a new message that does not fit never fails the deletes beside it.
+        """
+        while True:
+            self._full = self._commit_full = False
+            results = self._attempt(group, True, dropped)
+            if results is not None:
+                return results
+
+    def _attempt(self, group: list[Op], isolated: bool, dropped: dict[int, _Failed]) -> list[Any] | None:
+        """One transaction; None: replay it isolated (with ``dropped`` left out)."""
         store = self.store
         if store is None:
             try:
                 store = self.store = self.connect()
             except Exception as error:
+                self._full = is_full(error)
                 return self.fail(group, error)
         conn = store.conn
         results: list[Any] = []
@@ -423,7 +602,10 @@ class Writer(threading.Thread):
                     append(fn(store, *args))
                     wrote = wrote or write
             else:
-                for fn, args, _, write in group:
+                for i, (fn, args, _, write) in enumerate(group):
+                    if i in dropped:
+                        results.append(dropped[i])
+                        continue
                     if write:
                         conn.execute("SAVEPOINT op")
                     try:
@@ -433,27 +615,39 @@ class Writer(threading.Thread):
                             wrote = True
                     except Exception as error:
                         if not conn.in_transaction:
-                            raise  # SQLite rolled the whole transaction back: fail the batch
+                            if is_full(error):
+                                # SQLite rolled the whole transaction back: replay without it
+                                dropped[i] = _Failed(_unavailable(error))
+                                self.abandon(store)
+                                return None
+                            raise  # fail the batch
                         if write:
                             conn.execute("ROLLBACK TO op")
                             conn.execute("RELEASE op")
                         store.forget()
                         if isinstance(error, sqlite3.Error) and not isinstance(error, _MISUSE):
-                            log.error("sqlite operation failed: %s", error)
+                            if is_full(error):
+                                self._full = True  # expected while pinned: no log line each
+                            else:
+                                log.error("sqlite operation failed: %s", error)
                             error = _unavailable(error)
                         results.append(_Failed(error))
         except Exception as error:
-            if isolated or not conn.in_transaction:
-                self.abandon(store)
-                return self.fail(group, error)
+            # replay isolated unless SQLite rolled everything back for a reason other than space
+            replay = not isolated and (conn.in_transaction or is_full(error))
             self.abandon(store)
-            return self.transaction(group, isolated=True)
+            if replay:
+                return None
+            self._full = self._full or is_full(error)
+            return self.fail(group, error)
         try:
             if wrote and self.before_commit is not None:
                 self.before_commit()
             conn.execute("COMMIT")
         except Exception as error:  # the commit failed
             self.abandon(store)
+            if is_full(error):
+                self._full = self._commit_full = True
             return self.fail(group, error)
         if wrote:
             self.commits += 1
@@ -482,7 +676,13 @@ class Writer(threading.Thread):
         _name_thread("burrow-sync")
         try:
             with self.lock:
-                self.store = self.connect()
+                self._start_reserve()
+                try:
+                    self.store = self.connect()
+                except sqlite3.Error as error:
+                    if not (is_full(error) and self.on_full(None)):
+                        raise
+                    self.store = self.connect()  # in the room the reserve held
                 if self.syncs:
                     self._open_wal()
             if self.syncs:
@@ -530,6 +730,8 @@ class Writer(threading.Thread):
                 except queue_module.Empty:
                     item = None
             now = time.monotonic()
+            if self.commits != checkpointed and (self.pinned or self._wal_outgrew_reserve()):
+                next_checkpoint = now  # pinned: the log cannot grow, so restart it after each write
             checkpoint = now >= next_checkpoint and self.commits != checkpointed and not stop_by
             if self.syncs and (
                 (waiting and waiting[-1][0] > self.synced) or (due and now >= due) or checkpoint
@@ -563,6 +765,8 @@ class Writer(threading.Thread):
                 return
             if now >= next_checkpoint:
                 next_checkpoint = now + CHECKPOINT_SECONDS
+                if self.pinned:
+                    self._unpin_if_room()
                 if self.path == ":memory:":
                     continue
                 if checkpoint or (not self.syncs and self.commits != checkpointed):
@@ -597,8 +801,12 @@ class Writer(threading.Thread):
         target = self.commits
         try:
             os.fdatasync(self._wal_fd)
-        except OSError:
+        except OSError as error:
             self._broken = True
+            if is_full(error):  # write-back found no space (thin provisioning, NFS)
+                with self.lock:
+                    self.on_full(None if self.store is None else self.store.conn)
+                self._unpark_later()
             raise
         if self._wal_gone():
             return self._sync_by_checkpoint()
@@ -613,7 +821,7 @@ class Writer(threading.Thread):
                 if store is None:
                     raise OSError("the database is being reopened")
                 target = self.commits
-                busy = store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                busy = self._checkpoint_with_room(store.conn, "TRUNCATE")[0]
                 if busy:
                     raise OSError("a checkpoint could not complete")
                 self._restart_wal(store.conn)
@@ -636,7 +844,7 @@ class Writer(threading.Thread):
                 store = self.store
                 if store is None:
                     return
-                busy, frames, _ = store.conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+                busy, frames, _ = self._checkpoint_with_room(store.conn, "RESTART")
                 if not busy and frames:
                     self._restart_wal(store.conn)
                 self.checkpoints += 1
@@ -644,6 +852,17 @@ class Writer(threading.Thread):
             log.warning("sqlite checkpoint failed (will retry): %s", error)
         finally:
             self._unpark_later()
+
+    def _checkpoint_with_room(self, conn: sqlite3.Connection, mode: str) -> tuple[int, int, int]:
+        """``PRAGMA wal_checkpoint(mode)`` (lock held); if the copy finds the disk full (the
+        database file grows by the pages the log holds), once more in the reserve's room."""
+        try:
+            busy, frames, copied = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        except sqlite3.Error as error:
+            if not (is_full(error) and self.on_full(conn)):
+                raise
+            busy, frames, copied = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        return int(busy), int(frames), int(copied)
 
     @staticmethod
     def _restart_wal(conn: sqlite3.Connection) -> None:
