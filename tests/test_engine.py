@@ -57,10 +57,10 @@ def events(e: Engine) -> list[QueueKey]:
 
 
 async def parked(e: Engine, count: int = 1) -> None:
-    for _ in range(200):
+    for _ in range(1000):  # by time, not loop turns: a networked store answers after real time
         if e.waiting >= count:
             return
-        await asyncio.sleep(0)
+        await asyncio.sleep(0.005)
     raise AssertionError("no waiter parked")
 
 
@@ -165,6 +165,18 @@ async def test_drain_answers_parked_polls_and_stops_parking(engine: Engine) -> N
     assert engine.waiting == 0
 
 
+async def settled(takers: list[asyncio.Task[list[Message]]], done: int, e: Engine, waiting: int) -> None:
+    """Wait until ``done`` takers finished and ``waiting`` polls are parked, then a little more
+    (a store across the network answers after some loop turns, not within a fixed few), and
+    check that nothing more happened: a herd would finish or unpark more than that."""
+    for _ in range(400):
+        if sum(t.done() for t in takers) >= done and e.waiting == waiting:
+            break
+        await asyncio.sleep(0.005)
+    await asyncio.sleep(0.05)
+    assert (sum(t.done() for t in takers), e.waiting) == (done, waiting)
+
+
 async def test_a_create_wakes_one_taker_and_every_reader(engine: Engine) -> None:
     takers = [asyncio.create_task(engine.claim("a", "q", 1, 30, wait=10)) for _ in range(5)]
     # readers that look at hidden messages too, so the taker's hide does not hide it from them
@@ -173,16 +185,12 @@ async def test_a_create_wakes_one_taker_and_every_reader(engine: Engine) -> None
     await engine.put_message("a", "q", "m", b"x")
     for reader in readers:
         assert [m.id for m in await reader] == ["m"]
-    for _ in range(5):
-        await asyncio.sleep(0)
+    await settled(takers, 1, engine, 4)  # no herd: one woken, one taken; the others still parked
     done = [t for t in takers if t.done()]
-    assert len(done) == 1 and [m.id for m in done[0].result()] == ["m"]  # no herd: one woken, one taken
-    assert engine.waiting == 4  # the other takers are still parked
+    assert [m.id for m in done[0].result()] == ["m"]
     await engine.put_message("a", "q", "n", b"y")
     await engine.put_message("a", "q", "o", b"z")
-    for _ in range(5):
-        await asyncio.sleep(0)
-    assert sum(t.done() for t in takers) == 3 and engine.waiting == 2
+    await settled(takers, 3, engine, 2)
     clock(engine).advance(10)
     got = sorted(m.id for found in await asyncio.gather(*takers) for m in found)
     assert got == ["m", "n", "o"]

@@ -142,9 +142,11 @@ class BackendMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.loop = asyncio.new_event_loop()
         self.tmp = Path(tempfile.mkdtemp(prefix="burrow-stateful-"))
+        # before the loop exists: a factory may skip the test (Redis absent), which would
+        # leave an unclosed loop to warn about in some later test
         self.backend: Backend = BACKENDS[self.factory_name](self.tmp)
+        self.loop = asyncio.new_event_loop()
         self.run(self.backend.open())
         self.model = Model()
         self.now = 1000.0

@@ -13,7 +13,9 @@ def open_backend(url: str, settings: Settings) -> Backend:
     """Build the backend a storage URL names (not yet opened)."""
     scheme, sep, _ = url.partition("://")
     if not sep:
-        raise ValueError(f"backend must be a URL like memory:// or sqlite:///path.db, got {url!r}")
+        raise ValueError(
+            f"backend must be a URL like memory://, sqlite:///path.db or redis://host:6379/0, got {url!r}"
+        )
     if scheme == "memory":
         from burrow.backends.memory import MemoryBackend
 
@@ -25,4 +27,8 @@ def open_backend(url: str, settings: Settings) -> Backend:
             raise ValueError("the sqlite backend is not available in this build") from None
         backend: Backend = SQLiteBackend.from_url(url, settings)
         return backend
-    raise ValueError(f"unknown backend scheme {scheme!r}; known: memory, sqlite")
+    if scheme in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
+        from burrow.backends.redis import RedisBackend
+
+        return RedisBackend.from_url(url, settings)
+    raise ValueError(f"unknown backend scheme {scheme!r}; known: memory, sqlite, redis, redis+cluster")

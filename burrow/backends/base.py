@@ -48,6 +48,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 from burrow.core.model import Counts, Filter, Message, Sent, Update
+from burrow.notify import Notifier
 
 
 class Backend(ABC):
@@ -61,6 +62,15 @@ class Backend(ABC):
 
     async def close(self) -> None:
         """Flush and release everything. No method is called afterwards."""
+
+    def notifier(self) -> Notifier | None:
+        """The notifier that carries this store's events to every process sharing it.
+
+        None (the default) means the store lives in one process, and the engine wakes
+        waiters with a :class:`~burrow.notify.LocalNotifier`. A shared store (Redis)
+        returns one that publishes across processes.
+        """
+        return None
 
     # -- accounts ---------------------------------------------------------------
     @abstractmethod
