@@ -24,6 +24,7 @@ import hashlib
 import hmac
 import re
 import time
+from collections.abc import Mapping
 from urllib.parse import quote, unquote
 
 from burrow.config import Settings
@@ -48,6 +49,23 @@ def parse_credentials(spec: str) -> dict[str, str]:
         access, _, secret = pair.partition(":")
         out[access] = secret
     return out
+
+
+def signed_account(headers: Mapping[str, str]) -> str | None:
+    """The account an SQS request acts as by its ``Authorization`` credential (the access key),
+    or None when it names none (then the default account applies, or the server refuses it).
+
+    The signature is not checked: the router (``burrow proxy``) places a request with this and
+    forwards it unchanged to the server that verifies it.
+    """
+    auth = headers.get("authorization")
+    if auth is None:
+        return None
+    match = _AUTH.fullmatch(auth.strip())
+    if match is None:
+        return None
+    access = match["cred"].split("/", 1)[0]
+    return access if _ACCESS_KEY.fullmatch(access) else None
 
 
 class Authenticator:

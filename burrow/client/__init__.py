@@ -9,14 +9,20 @@
   ``read_to_eof`` for raw bytes (framing and robustness tests).
 * :class:`PipelineProtocol` and :func:`connect_many` are for load generators: callback-driven
   connections that keep many requests in flight and count responses without a coroutine each.
+
+The client library users import as ``burrow.Client`` / ``burrow.AsyncClient`` is built on these
+(docs/client.md): :mod:`.api` (the operations, sans I/O, shared by both), :mod:`.pool` (bounded
+keep-alive pools), :mod:`.sync_client`, :mod:`.async_client`, and :mod:`.cli` (``burrow get`` ...).
+None of these, nor :mod:`.aio` and :mod:`.sync`, is imported by ``import burrow.client``:
+the names above are loaded on first use, so the blocking side never pays for asyncio.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from burrow.client.aio import Connection, PipelineProtocol, connect_many
-from burrow.client.sync import SyncConnection
 from burrow.client.wire import (
     DEFAULT_HOST,
     ProtocolError,
@@ -28,6 +34,19 @@ from burrow.client.wire import (
     raise_for_status,
     scan,
 )
+
+if TYPE_CHECKING:
+    from burrow.client.aio import Connection, PipelineProtocol, connect_many
+    from burrow.client.sync import SyncConnection
+
+#: Imported on first use (module ``__getattr__``), so that what needs only the blocking side
+#: (``burrow.Client``, the command line) does not import asyncio.
+_LAZY = {
+    "Connection": "burrow.client.aio",
+    "PipelineProtocol": "burrow.client.aio",
+    "connect_many": "burrow.client.aio",
+    "SyncConnection": "burrow.client.sync",
+}
 
 __all__ = [
     "DEFAULT_HOST",
@@ -45,6 +64,15 @@ __all__ = [
     "raise_for_status",
     "scan",
 ]
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'burrow.client' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 
 def path(*names: str) -> str:

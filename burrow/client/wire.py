@@ -184,6 +184,8 @@ class Reply:
     def keep_alive(self) -> bool:
         """Whether the connection stays open after this response (HTTP/1.1 unless
         ``connection: close``; HTTP/1.0 only with ``connection: keep-alive``)."""
+        if self._head.startswith(b"HTTP/1.1 ") and b"connection:" not in self._head.lower():
+            return True  # the common case, decided without parsing the header lines
         tokens = {t.strip() for t in self.headers.get("connection", "").lower().split(",")}
         return "keep-alive" in tokens if self.version == "HTTP/1.0" else "close" not in tokens
 

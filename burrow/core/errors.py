@@ -133,6 +133,16 @@ CONNECT_REFUSED = BadRequest("protocol upgrades and CONNECT are not supported")
 DUPLICATE_HOST = BadRequest("duplicate Host header")
 CHUNKED_ON_HTTP10 = BadRequest("Transfer-Encoding is not allowed in HTTP/1.0")
 UNSUPPORTED_TRANSFER_ENCODING = BadRequest("unsupported Transfer-Encoding")
+
+
+class ServiceUnavailable(BurrowError):
+    """A server behind the router cannot be reached (down, its connections all busy, or no
+    answer in time): retry after ``Retry-After``. Only the router answers it."""
+
+    status = 503
+    code = "service_unavailable"
+
+
 INVALID_URL = BadRequest("invalid request URL")
 MISSING_HOST = BadRequest("an HTTP/1.1 request must have a Host header")
 WRONG_HOST = BadRequest("the request target names another host than the Host header")
@@ -143,6 +153,7 @@ _ALL: tuple[type[BurrowError], ...] = (
     MethodNotAllowed,
     StorageUnavailable,
     InsufficientStorage,
+    ServiceUnavailable,
     RequestTimeout,
     PayloadTooLarge,
     UriTooLong,
@@ -155,5 +166,7 @@ _ALL: tuple[type[BurrowError], ...] = (
 ERRORS_BY_CODE: dict[str, type[BurrowError]] = {cls.code: cls for cls in _ALL}
 #: Status -> class, for an error response without a known code (503: the storage's).
 ERRORS_BY_STATUS: dict[int, type[BurrowError]] = {
-    cls.status: cls for cls in _ALL if cls is not TooManyConnections and cls is not ServerBusy
+    cls.status: cls
+    for cls in _ALL
+    if cls is not TooManyConnections and cls is not ServerBusy and cls is not ServiceUnavailable
 }

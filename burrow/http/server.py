@@ -153,12 +153,15 @@ class HttpServer:
 
 
 async def start_server(
-    handler: Handler, settings: Settings, *, sock: socket.socket | None = None
+    handler: Handler, settings: Settings, *, sock: socket.socket | None = None, reuse_port: bool = False
 ) -> HttpServer:
     """Listen on ``settings.host:settings.port`` (or on ``sock``) and serve ``handler``.
 
     Returns once the socket is listening; ``.port`` is the port actually bound. Raises
     :class:`ResourceLimitError` if ``settings.max_connections`` cannot be honoured.
+    ``reuse_port`` binds with SO_REUSEPORT, so several processes over one shared store
+    (``burrow serve --workers N`` on Redis) listen on one port and the kernel spreads
+    connections between them.
     """
     ensure_open_files(settings.max_connections)
     loop = asyncio.get_running_loop()
@@ -168,7 +171,12 @@ async def start_server(
         server = await loop.create_server(factory, sock=sock, backlog=_BACKLOG)
     else:
         server = await loop.create_server(
-            factory, settings.host, settings.port, backlog=_BACKLOG, reuse_address=True
+            factory,
+            settings.host,
+            settings.port,
+            backlog=_BACKLOG,
+            reuse_address=True,
+            reuse_port=reuse_port,
         )
     sockname = server.sockets[0].getsockname()
     return HttpServer(server, state, host=str(sockname[0]), port=int(sockname[1]))

@@ -15,9 +15,11 @@ READY = re.compile(r"listening on http://([0-9.]+):(\d+) ")
 
 
 class ServeProcess:
-    """``python -m burrow serve ARGS`` (give ``--port 0`` for a free port)."""
+    """``python -m burrow serve ARGS`` (give ``--port 0`` for a free port); ``command="proxy"``
+    runs the router the same way."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None, command: str = "serve") -> None:
+        self.command = command
         self.args = args
         self.env = env
         self.proc: asyncio.subprocess.Process | None = None
@@ -30,7 +32,7 @@ class ServeProcess:
             sys.executable,
             "-m",
             "burrow",
-            "serve",
+            self.command,
             *self.args,
             env=self.env,
             stdin=asyncio.subprocess.DEVNULL,
@@ -41,7 +43,7 @@ class ServeProcess:
         while True:
             line = (await asyncio.wait_for(self.proc.stderr.readline(), 30)).decode(errors="replace")
             if not line:
-                raise AssertionError("server exited before listening:\n" + "".join(self.log))
+                raise AssertionError(f"{self.command} exited before listening:\n" + "".join(self.log))
             self.log.append(line)
             if found := READY.search(line):
                 break

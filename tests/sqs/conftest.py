@@ -7,6 +7,9 @@ real socket. Tests use fresh queue names, so one server serves a whole module.
 Every server fixture runs on each backend of :data:`SERVER_BACKENDS` (through the
 module-scoped ``server_backend`` parameter), so each SQS test runs once per backend;
 pytest orders the tests so that a module starts one server per backend, not per test.
+One more value of the parameter, ``router``, runs each test through the router
+(``burrow proxy``) over three in-process memory servers: a "server" is then that router
+(``settings.workers`` servers behind it, as ``burrow serve --workers 3`` would run them).
 """
 
 from __future__ import annotations
@@ -27,13 +30,24 @@ from botocore.config import Config
 from burrow.clock import Clock as EngineClock
 from burrow.config import Settings
 from burrow.testing.backends import SERVER_BACKENDS
+from burrow.testing.router import SERVERS, RunningRouter, running_router
 from burrow.testing.server import RunningServer, running_server
 
 T = TypeVar("T")
 
+#: The ``server_backend`` value that runs the suite through a router over memory servers.
+ROUTER = "router"
+#: Test modules that look inside one server, which a router in front of it changes nothing
+#: about, with why they do not run through the router.
+ONE_SERVER_ONLY = {
+    "tests.sqs.test_storage_calls": "counts the calls reaching one server's store: the router"
+    " forwards each request to one server unchanged, whose store sees exactly these calls",
+}
+
 
 class ThreadedServer:
-    """``running_server`` on a private event loop in a daemon thread."""
+    """``running_server`` on a private event loop in a daemon thread; with ``settings.workers``
+    above 1, that many servers behind a router (``running_router``) instead."""
 
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
@@ -41,7 +55,7 @@ class ThreadedServer:
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
-        self._server: RunningServer | None = None
+        self._server: RunningServer | RunningRouter | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._main, daemon=True)
 
@@ -49,7 +63,12 @@ class ThreadedServer:
         async def serve() -> None:
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
-            async with running_server(self.settings, self.clock) as server:
+            workers = self.settings.workers
+            async with (
+                running_router(self.settings, self.clock, servers=workers)
+                if workers > 1
+                else running_server(self.settings, self.clock)
+            ) as server:
                 self._server = server
                 self._ready.set()
                 await self._stop.wait()
@@ -73,7 +92,7 @@ class ThreadedServer:
         self._thread.join(30)
 
     @property
-    def server(self) -> RunningServer:
+    def server(self) -> RunningServer | RunningRouter:
         assert self._server is not None
         return self._server
 
@@ -102,9 +121,15 @@ class Clock(EngineClock):
 
 
 def settings_for(backend: str, tmp: Path, **changes: Any) -> Settings:
-    url = SERVER_BACKENDS[backend].replace("{tmp}", str(tmp))
+    """Settings of a server on ``backend`` (a :data:`SERVER_BACKENDS` name, or :data:`ROUTER`)."""
+    if backend == ROUTER:
+        url, workers = "memory://", SERVERS
+    else:
+        url, workers = SERVER_BACKENDS[backend].replace("{tmp}", str(tmp)), 1
     # 4 MiB requests: a 1 MiB SQS message in JSON must reach the SQS size check.
-    return Settings(backend=url, max_body_bytes=4 << 20, clean_interval=0.1).replace(**changes)
+    return Settings(backend=url, max_body_bytes=4 << 20, clean_interval=0.1, workers=workers).replace(
+        **changes
+    )
 
 
 def client(url: str, access_key: str = "testing", secret: str = "testing", region: str = "us-east-1") -> Any:
@@ -118,14 +143,18 @@ def client(url: str, access_key: str = "testing", secret: str = "testing", regio
     )
 
 
-@pytest.fixture(scope="module", params=sorted(SERVER_BACKENDS))
+@pytest.fixture(scope="module", params=[*sorted(SERVER_BACKENDS), ROUTER])
 def server_backend(request: pytest.FixtureRequest) -> str:
-    """The backend (a :data:`SERVER_BACKENDS` name) the servers of this test run on."""
+    """The backend (a :data:`SERVER_BACKENDS` name, or :data:`ROUTER`) the servers of this test run on."""
     return str(request.param)
 
 
 @pytest.fixture(scope="module")
-def server(server_backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedServer]:
+def server(
+    server_backend: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[ThreadedServer]:
+    if server_backend == ROUTER and request.module.__name__ in ONE_SERVER_ONLY:
+        pytest.skip(ONE_SERVER_ONLY[request.module.__name__])
     with ThreadedServer(settings_for(server_backend, tmp_path_factory.mktemp("sqs"))) as running:
         yield running
 
@@ -147,3 +176,13 @@ def timed(server_backend: str, tmp_path: Path) -> Iterator[tuple[ThreadedServer,
 def name() -> str:
     """A fresh queue name for one test."""
     return "q-" + uuid.uuid4().hex[:12]
+
+
+def together(name: str, server_backend: str) -> str:
+    """``name`` with a hash tag through the router, so that it and every name made by appending
+    to it (``name + "-dlq"``) live on one server; as it is otherwise.
+
+    A dead-letter queue, and a message move task's source and destination, must be on the
+    source queue's server (docs/api.md "Through the router"): tests of those use this.
+    """
+    return f"{name}--t" if server_backend == ROUTER else name

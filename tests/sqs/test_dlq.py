@@ -10,6 +10,16 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from tests.sqs.conftest import together
+
+
+@pytest.fixture
+def name(name: str, server_backend: str) -> str:
+    """Through the router, a source queue, its dead-letter queue and a move task's destination
+    must live on one server (the server that moves a message holds both ends): the queues of
+    these tests share a hash tag there."""
+    return together(name, server_backend)
+
 
 def _code(error: pytest.ExceptionInfo[ClientError]) -> str:
     return str(error.value.response["Error"]["Code"])
