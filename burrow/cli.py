@@ -1,11 +1,9 @@
-"""Command line: ``burrow serve`` and ``burrow bench``. Parsing only; no logic lives here."""
+"""Command line: ``burrow serve``, ``bench``, ``proxy`` and the client commands. Parsing only."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import fields
@@ -24,7 +22,8 @@ def _help_for(name: str) -> str:
     docs = {
         "host": "address to listen on",
         "port": "TCP port (0 = any free port)",
-        "backend": "storage URL: memory://, sqlite:///rel.db, sqlite:////abs.db, sqlite://:memory:"
+        "backend": "storage URL: memory://, sqlite:///rel.db, sqlite:////abs.db, sqlite://:memory:,"
+        " redis://[:password@]host:port/db[?prefix=NAME], rediss://..., redis+cluster://host:port[,host:port]"
         " (default: a SQLite file in --data-dir)",
         "data_dir": "directory of the default SQLite store (default: $XDG_DATA_HOME/burrow"
         " or ~/.local/share/burrow)",
@@ -62,6 +61,18 @@ def _help_for(name: str) -> str:
         "sqs_default_account": "account of SQS requests without an Authorization header",
         "region": "the AWS region SQS ARNs name; with --sqs-credentials, requests signed for"
         " another region are refused",
+        "workers": "server processes: on a shared backend (redis) all on --port; on memory or"
+        " SQLite each with its own store behind a router on --port",
+        "servers": "burrow proxy: queue server base URLs, comma-separated",
+        "subset_size": "servers one account's queues are spread over (two-step hashing)",
+        "redis_wait_replicas": "Redis: acknowledge writes only once this many replicas have them (WAIT)",
+        "redis_wait_timeout": "Redis: seconds to wait for --redis-wait-replicas before answering 503",
+        "metrics": "on: count requests and messages, served at GET /metrics (Prometheus) | off: no"
+        " counting, /metrics is 404",
+        "metrics_top_queues": "queues whose depth /metrics reports: the deepest, scanned at scrape"
+        " time (0 = none, at most 1000)",
+        "access_log": "JSON-lines access log: a file path, - for stderr, empty for none (written off"
+        " the request path; dropped and counted when it falls behind)",
     }
     default = getattr(_DEFAULTS, name)
     return f"{docs.get(name, name)} [default: {default!r}; env BURROW_{name.upper()}]"
@@ -90,7 +101,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="run the benchmark suite (see benchmarks/README.md)")
     bench.add_argument("args", nargs="*", help="arguments for the benchmark runner (burrow bench --help)")
+    # These have parsers of their own; listed here for --help, dispatched in main().
+    commands.add_parser("proxy", help="route requests over several servers (burrow proxy --help)")
+    for name, summary in CLIENT_COMMANDS.items():
+        commands.add_parser(name, help=f"{summary} (burrow {name} --help)")
     return parser
+
+
+#: The command-line client's commands (burrow.client.cli), each with its summary.
+CLIENT_COMMANDS: dict[str, str] = {
+    "put": "client: create or replace a message",
+    "get": "client: list messages, or get one",
+    "take": "client: take messages (get and hide)",
+    "update": "client: change ttl/hide of messages",
+    "delete": "client: delete messages, or one",
+    "queues": "client: list an account's queues",
+    "accounts": "client: list accounts",
+    "watch": "client: print messages as they arrive (long polls)",
+}
+
+#: The 2011 burrow client's command names, as aliases of ours.
+CLIENT_ALIASES: dict[str, str] = {
+    "create_message": "put",
+    "get_messages": "get",
+    "get_message": "get",
+    "update_messages": "update",
+    "update_message": "update",
+    "delete_messages": "delete",
+    "delete_message": "delete",
+    "get_queues": "queues",
+    "delete_queues": "delete",
+    "get_accounts": "accounts",
+    "delete_accounts": "delete",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -100,6 +143,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from burrow.bench.runner import main as bench_main
 
         return bench_main(argv[1:])
+    if argv[:1] == ["proxy"]:
+        from burrow.router.cli import main as proxy_main
+
+        return proxy_main(argv[1:])
+    if argv and (argv[0] in CLIENT_COMMANDS or argv[0] in CLIENT_ALIASES):
+        from burrow.client.cli import main as client_main
+
+        return client_main(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     overrides = {f.name: getattr(args, f.name) for f in SERVE_FLAGS}
     try:
@@ -110,15 +161,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     return serve(settings)
 
 
-def serve(settings: Settings) -> int:
-    """Run the server until SIGINT or SIGTERM; return the process exit status."""
+def serve(settings: Settings, *, reuse_port: bool = False) -> int:
+    """Run the server until SIGINT or SIGTERM; return the process exit status.
+
+    ``settings.workers`` > 1 runs that many server processes under a supervisor
+    (:mod:`burrow.supervisor`) instead. ``reuse_port`` binds with SO_REUSEPORT: the
+    supervisor's workers on a shared store all listen on one port.
+    """
     from burrow.http.server import loop_factory, run
 
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if settings.workers > 1:
+        from burrow.supervisor import supervise
+
+        return supervise(settings)
     try:
-        return run(_serve(settings, loop_factory()[0]))
+        return run(_serve(settings, loop_factory()[0], reuse_port=reuse_port))
     except StartupError as error:
         log.error("%s", error)
         return 1
@@ -128,7 +188,10 @@ class StartupError(Exception):
     pass
 
 
-async def _serve(settings: Settings, loop_name: str) -> int:
+async def _serve(settings: Settings, loop_name: str, *, reuse_port: bool = False) -> int:
+    import asyncio  # here, not at the top: the client commands never need an event loop
+    import signal
+
     from burrow.api.routes import App
     from burrow.backends import open_backend
     from burrow.engine import Engine
@@ -146,10 +209,16 @@ async def _serve(settings: Settings, loop_name: str) -> int:
     except Exception as error:
         raise StartupError(f"cannot open backend {url}: {error}") from error
     try:
-        http = await start_server(App(engine), settings)
+        app = App(engine)
+    except OSError as error:
+        await engine.stop()
+        raise StartupError(f"cannot open the access log {settings.access_log}: {error}") from error
+    try:
+        http = await start_server(app, settings, reuse_port=reuse_port)
     except OSError as error:
         await engine.stop()
         raise StartupError(f"cannot listen on {settings.host}:{settings.port}: {error}") from error
+    app.serving(http)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -39,7 +39,9 @@ class Settings:
     #: TCP port to listen on (0 picks a free port).
     port: int = 8080
     #: Storage URL: ``memory://``, ``sqlite:///relative.db``, ``sqlite:////abs.db``,
-    #: ``sqlite://:memory:``. Empty means the durable default, a SQLite file in ``data_dir``.
+    #: ``sqlite://:memory:``, ``redis://[:password@]host:port/db``, ``rediss://...`` (TLS),
+    #: ``redis+cluster://host:port[,host:port...]`` (Redis options such as ``?prefix=NAME``:
+    #: docs/operations.md "Redis"). Empty means the durable default, a SQLite file in ``data_dir``.
     backend: str = ""
     #: Directory for the default SQLite store (created if missing).
     data_dir: str = ""
@@ -113,6 +115,30 @@ class Settings:
     #: set a request signed for another region (or another service than ``sqs``) is
     #: refused (403). Without credentials any signed region is accepted and ignored.
     region: str = "us-east-1"
+    #: ``burrow serve``: server processes to run. With a shared backend (Redis) they all
+    #: listen on ``port`` (SO_REUSEPORT); with an in-process one (memory, SQLite) each owns
+    #: its own store on a port of its own and a router listens on ``port``.
+    workers: int = 1
+    #: ``burrow proxy``: the queue servers to route to, base URLs separated by commas
+    #: (``http://h1:8080,http://h2:8080``). Their order does not matter; their URLs do.
+    servers: str = ""
+    #: Servers one account's queues are spread over (the first step of the two-step hash).
+    subset_size: int = 3
+    #: Redis: acknowledge a write only once this many replicas have it (``WAIT``; 0 = off).
+    redis_wait_replicas: int = 0
+    #: Redis: seconds a write waits for ``redis_wait_replicas`` before it is answered 503.
+    redis_wait_timeout: float = 1.0
+    # -- observability (docs/operations.md "Metrics", "Access log") --
+    #: ``on``: count requests and message events and serve them at ``GET /metrics``
+    #: (Prometheus); ``off``: no counting at all, and ``/metrics`` is 404.
+    metrics: str = "on"
+    #: Queues ``/metrics`` reports the depth of: the deepest ones, found by a scan at scrape
+    #: time (at most one a second, over at most 10,000 queues); 0 = none.
+    metrics_top_queues: int = 20
+    #: Structured access log, one JSON object a line: a file path, ``-`` for standard error,
+    #: empty for none. Written by a background thread; lines over its bound are dropped
+    #: (and counted), never waited for.
+    access_log: str = ""
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -153,6 +179,14 @@ class Settings:
                 "sqs_default_account must be 1-256 bytes of UTF-8 without control or invisible"
                 f" characters; it has {bad or 'more than 256 bytes'}"
             )
+        if not 1 <= self.workers <= 256:
+            raise ValueError(f"workers must be 1..256, got {self.workers}")
+        if not 1 <= self.subset_size <= 64:
+            raise ValueError(f"subset_size must be 1..64, got {self.subset_size}")
+        if self.redis_wait_replicas < 0:
+            raise ValueError("redis_wait_replicas must be 0 or more")
+        if not 0 < self.redis_wait_timeout <= 60:
+            raise ValueError(f"redis_wait_timeout must be in (0, 60] seconds, got {self.redis_wait_timeout}")
         if not _REGION.fullmatch(self.region):
             raise ValueError(f"region must be 1 to 64 of a-z 0-9 -, got {self.region!r}")
         if not 0 <= self.fsync_interval <= 10:
@@ -160,7 +194,17 @@ class Settings:
         for name in ("header_timeout", "body_timeout", "idle_timeout", "write_timeout", "clean_interval"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if self.metrics not in ("on", "off"):
+            raise ValueError(f"metrics must be on or off, got {self.metrics!r}")
+        if not 0 <= self.metrics_top_queues <= 1000:
+            raise ValueError(f"metrics_top_queues must be 0..1000, got {self.metrics_top_queues}")
+        if self.access_log != self.access_log.strip() or "\0" in self.access_log:
+            raise ValueError(f"access_log must be a file path, '-' or empty, got {self.access_log!r}")
         return self
+
+    def server_urls(self) -> list[str]:
+        """``servers`` as a list of base URLs without a trailing slash."""
+        return [u.strip().rstrip("/") for u in self.servers.split(",") if u.strip()]
 
     def backend_url(self) -> str:
         """The storage URL in force: the configured one, or the durable default file."""
@@ -176,6 +220,10 @@ _FIELD_TYPES: dict[str, type] = {
 
 
 def _coerce(name: str, value: Any) -> Any:
+    if name == "servers" and isinstance(value, list):  # TOML: servers = ["http://h1:8080", ...]
+        if not all(isinstance(url, str) for url in value):
+            raise ValueError(f"setting servers: expected URLs (strings), got {value!r}")
+        return ",".join(value)
     kind = _FIELD_TYPES[name]
     try:
         if kind is int and isinstance(value, str):

@@ -31,7 +31,9 @@ from typing import TypeVar
 from burrow.backends.base import Backend
 from burrow.clock import Clock
 from burrow.config import Settings
+from burrow.core.errors import StorageUnavailable
 from burrow.core.model import Counts, Filter, Message, Sent, Update, deadline, new_update
+from burrow.metrics import MessageCounts
 from burrow.notify import LocalNotifier, Notifier, QueueKey, wake
 
 log = logging.getLogger("burrow.engine")
@@ -52,7 +54,9 @@ class Engine:
         self.backend = backend
         self.settings = settings
         self.clock = Clock() if clock is None else clock
-        self.notifier = LocalNotifier() if notifier is None else notifier
+        if notifier is None:
+            notifier = backend.notifier() or LocalNotifier()
+        self.notifier = notifier
         #: Set by :meth:`drain`: long polls no longer park (the server is stopping).
         self.draining = False
         self._cleaner: asyncio.Task[None] | None = None
@@ -60,6 +64,8 @@ class Engine:
         #: The latest reading of the clock (see :meth:`now`).
         self._latest = 0.0
         self._stop_hooks: list[Callable[[], Awaitable[None]]] = []
+        #: Message events for the metrics (plain increments); None with ``--metrics off``.
+        self.counts: MessageCounts | None = MessageCounts() if settings.metrics == "on" else None
 
     def now(self) -> float:
         """The engine's time: its clock's reading, never going back.
@@ -118,11 +124,16 @@ class Engine:
 
     async def _clean_forever(self) -> None:
         interval = self.settings.clean_interval
+        warned = 0.0  # when the last "store unavailable" warning was logged (one a minute at most)
         while True:
             await asyncio.sleep(interval)
             try:
                 await self.clean()
-            except Exception:  # the cleaner must survive a transient storage error
+            except StorageUnavailable as error:  # an outage: expected, retried next pass, said once a minute
+                if self.clock() - warned >= 60.0:
+                    warned = self.clock()
+                    log.warning("cleaner pass skipped: %s", error)
+            except Exception:  # anything else is a bug; the cleaner must still survive it
                 log.exception("cleaner pass failed")
 
     @property
@@ -180,6 +191,8 @@ class Engine:
             result = await self._poll_update(account, queue, filter, ttl, hide, wait)
         if hide == 0 and result:
             self.notifier.publish((account, queue), len(result))
+        elif hide and result and self.counts is not None:
+            self.counts.delivered += len(result)
         return result
 
     async def _poll_update(
@@ -195,14 +208,18 @@ class Engine:
 
     async def delete_messages(self, account: str, queue: str, filter: Filter, wait: int = 0) -> list[Message]:
         if wait <= 0:  # no long poll: call the backend directly
-            return await self.backend.delete_messages(account, queue, filter, self.now())
-        return await self.poll(
-            account,
-            queue,
-            wait,
-            lambda: self.backend.delete_messages(account, queue, filter, self.now()),
-            taker=True,
-        )
+            result = await self.backend.delete_messages(account, queue, filter, self.now())
+        else:
+            result = await self.poll(
+                account,
+                queue,
+                wait,
+                lambda: self.backend.delete_messages(account, queue, filter, self.now()),
+                taker=True,
+            )
+        if self.counts is not None:
+            self.counts.deleted += len(result)
+        return result
 
     # -- one message ------------------------------------------------------------
     async def get_message(self, account: str, queue: str, message: str) -> Message | None:
@@ -228,6 +245,8 @@ class Engine:
         )
         if not hide and self.notifier.has_waiters():  # most puts have no waiter anywhere to wake
             self.notifier.publish((account, queue), 1)
+        if self.counts is not None:
+            self.counts.sent += 1
         return created
 
     async def update_message(
@@ -258,6 +277,8 @@ class Engine:
         )
         if gone is not None and gone.group and gone.hidden_until > now:
             self.notifier.publish((account, queue))  # its FIFO group is unblocked: how many, unknown
+        if gone is not None and self.counts is not None:
+            self.counts.deleted += 1
         return gone
 
     # -- worker operations ------------------------------------------------------
@@ -271,13 +292,17 @@ class Engine:
         """
         if wait <= 0:
             now = self.now()
-            return await self.backend.claim(account, queue, limit, now + hide if hide else now, now, fifo)
+            result = await self.backend.claim(account, queue, limit, now + hide if hide else now, now, fifo)
+        else:
 
-        async def attempt() -> list[Message]:
-            now = self.now()
-            return await self.backend.claim(account, queue, limit, now + hide if hide else now, now, fifo)
+            async def attempt() -> list[Message]:
+                now = self.now()
+                return await self.backend.claim(account, queue, limit, now + hide if hide else now, now, fifo)
 
-        return await self.poll(account, queue, wait, attempt, taker=True)
+            result = await self.poll(account, queue, wait, attempt, taker=True)
+        if self.counts is not None:
+            self.counts.delivered += len(result)
+        return result
 
     async def send(
         self,
@@ -309,6 +334,8 @@ class Engine:
         )
         if sent.created and not delay:
             self.notifier.publish((account, queue), 1)
+        if sent.created and self.counts is not None:
+            self.counts.sent += 1
         return sent
 
     async def move(
@@ -332,6 +359,11 @@ class Engine:
         )
         if moved is not None:
             self.notifier.publish((to_account, to_queue), 1)
+            if self.counts is not None:  # a dead-letter move keeps the receive count; a move task resets it
+                if receives:
+                    self.counts.dead_lettered += 1
+                else:
+                    self.counts.moved += 1
         return moved
 
     async def count(self, account: str, queue: str) -> Counts:

@@ -1,11 +1,23 @@
 """The route table: every path and method Burrow answers, in one place (:data:`ROUTES`).
 
 Paths are split on ``/`` *before* percent-decoding, so ``%2F`` is an ordinary
-character inside a name. A path matches the route whose template has as many segments
-and the same first segment (a literal: ``""`` for ``/``, ``v1.0``), or else the one whose
-first segment is a ``{name}`` parameter; parameters are validated names
-(:func:`burrow.core.validation.name`). A matched path with an unlisted method is 405
-(with ``Allow``); a path no route matches, or one with no burrow v1.0 methods, is 404.
+character inside a name. Matching, in one dict lookup or two (this runs on every request):
+
+* A template is an optional literal first segment (``""`` for ``/``, ``v1.0``, ``health``,
+  ``metrics``) followed by up to 3 ``{name}`` parameters; only the first segment is ever
+  compared as a literal.
+* A path matches the route whose template has as many segments and the same first
+  segment, or else the one with as many segments whose first segment is a parameter.
+  So a literal first segment shadows the parameter routes for paths of its length:
+  ``/health/{check}`` takes ``/health/x`` from ``/{account}/{queue}`` (which is why it
+  accepts SQS requests too, exactly as a queue URL does).
+* Parameters are validated names (:func:`burrow.core.validation.name`). A matched path
+  with an unlisted method is 405 (with ``Allow``); a path no route matches, or one with
+  no burrow v1.0 methods, is 404.
+
+Routes marked ``ops`` (health probes, metrics, the OpenAPI document) are not queue API
+routes: their handlers are :class:`burrow.api.ops.OpsApi`'s, and authentication must
+leave them open (probes and scrapers carry no credentials).
 
 SQS requests go only to the routes marked ``sqs`` (``/`` and the queue URL paths
 ``/{account}/{queue}``, paths where v1.0 has no use for these methods) and are told
@@ -16,16 +28,24 @@ apart there by one rule (:func:`sqs_markers`):
   ``Action=`` in the query string -> SQS query/XML.
 
 Everything else, including every path under ``/v1.0``, routes as burrow v1.0.
+
+Every answered request is counted (:class:`burrow.metrics.Metrics`, by API, operation and
+status) here, or by the SQS front ends for theirs, unless ``--metrics off``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable
+from time import perf_counter
 from typing import NoReturn
 
 import orjson
 
+from burrow.accesslog import AccessLog
+from burrow.api.ops import OpsApi
 from burrow.api.sqs_auth import Authenticator
 from burrow.api.sqs_json import SqsJsonApi
 from burrow.api.sqs_query import SqsQueryApi
@@ -34,21 +54,38 @@ from burrow.core import validation
 from burrow.core.errors import BurrowError, MethodNotAllowed, NotFound
 from burrow.engine import Engine
 from burrow.http.types import Request, Response
+from burrow.metrics import (
+    CANCELLED,
+    FAILED,
+    LATENCY_BOUNDS,
+    OPS,
+    UNMATCHED,
+    V1,
+    Metrics,
+    OpStats,
+    ServerGauges,
+)
 from burrow.sqs.service import SqsService
 
 log = logging.getLogger("burrow.api")
+
+#: App._observing: requests are counted (inline), or observed by Metrics.observe.
+COUNT, OBSERVE = 1, 2
 
 V1Handler = Callable[..., Awaitable[Response]]
 
 
 class Route:
-    """One path template of the table: its burrow v1.0 handlers by method, and whether SQS
-    requests may arrive on it. Only the first segment may be a literal; the others are
-    parameters, passed (validated) to the handler in order."""
+    """One path template of the table: its handlers by method, whether SQS requests may arrive
+    on it, and whether it is an operations route (``ops``: handled by OpsApi, not V1Api). Only
+    the first segment may be a literal; the others are parameters, passed (validated) to the
+    handler in order."""
 
-    __slots__ = ("first", "methods", "params", "sqs", "template")
+    __slots__ = ("first", "methods", "ops", "params", "sqs", "template")
 
-    def __init__(self, template: str, methods: dict[str, V1Handler], *, sqs: bool = False) -> None:
+    def __init__(
+        self, template: str, methods: dict[str, V1Handler], *, sqs: bool = False, ops: bool = False
+    ) -> None:
         segments = template.split("/")[1:]  # "/" is one empty literal segment
         literal = not segments[0].startswith("{")
         params = segments[1:] if literal else segments
@@ -57,6 +94,7 @@ class Route:
         self.template = template
         self.methods = methods
         self.sqs = sqs
+        self.ops = ops
         #: Parameter names, which are also what validation calls them ("account", ...).
         self.params = tuple(p[1:-1] for p in params)
         #: The literal first segment, or None for a parameter.
@@ -82,6 +120,10 @@ ROUTES: tuple[Route, ...] = (
         },
     ),
     Route("/{account}/{queue}", {}, sqs=True),  # SQS queue URLs
+    # Operations: outside the queue API, and outside any authentication.
+    Route("/health/{check}", {"GET": OpsApi.health}, sqs=True, ops=True),  # sqs: it shadows queue URLs
+    Route("/metrics", {"GET": OpsApi.metrics}, ops=True),
+    Route("/openapi.json", {"GET": OpsApi.openapi}, ops=True),
 )
 
 # The table compiled for lookup by (number of "/"-separated parts, first segment), then by the
@@ -114,18 +156,45 @@ def error_response(error: BurrowError) -> Response:
 
 
 class App:
-    """The request handler the HTTP layer calls: route, run, map errors to statuses."""
+    """The request handler the HTTP layer calls: route, run, map errors to statuses, count."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        settings = engine.settings
+        #: Opened here, so a path that cannot be written fails the start (OSError).
+        access_log = AccessLog(settings.access_log) if settings.access_log else None
+        self.metrics = metrics = Metrics(engine, access_log)
+        if access_log is not None:
+            engine.on_stop(access_log.aclose)
+        metrics.hook_storage()
         self.v1 = V1Api(engine)
-        sqs, auth = SqsService(engine), Authenticator(engine.settings)
-        self.sqs_json = SqsJsonApi(sqs, auth)
-        self.sqs_query = SqsQueryApi(sqs, auth)
+        self.ops = OpsApi(engine, metrics)
+        sqs, auth = SqsService(engine), Authenticator(settings)
+        self.sqs_json = SqsJsonApi(sqs, auth, metrics)
+        self.sqs_query = SqsQueryApi(sqs, auth, metrics)
+        #: Each handler's counters (None: no handler matched), made now so that a request
+        #: only looks them up.
+        self._stats: dict[V1Handler | None, OpStats] = {
+            handler: metrics.op(OPS if route.ops else V1, handler.__name__)
+            for route in ROUTES
+            for handler in route.methods.values()
+        }
+        self._stats[None] = metrics.op(V1, UNMATCHED)
+        #: What a request costs: 0 nothing (--metrics off, no access log), COUNT only the
+        #: counting (inlined in __call__), OBSERVE metrics.observe (the access log is on).
+        self._observing = 0 if not metrics.observing else COUNT if access_log is None else OBSERVE
+        self._observe = metrics.observe
+
+    def serving(self, server: ServerGauges) -> None:
+        """Tell the App which HTTP server carries it (its connections and in-flight bytes are gauges)."""
+        self.metrics.server = server
 
     async def __call__(self, request: Request) -> Response:
         # Routing runs inline here rather than in a separate ``_dispatch`` coroutine: every
         # coroutine frame costs on each request (this is the hot path of the whole server).
+        observing = self._observing
+        started = perf_counter() if observing else 0.0
+        handler: V1Handler | None = None
         try:
             # route_for(), inlined (a call and a tuple less per request)
             parts = request.path.split("/")
@@ -135,29 +204,56 @@ class App:
                 raise NotFound(f"no such path {request.path[:200]!r}; the API lives under /v1.0")
             if route.sqs:
                 protocol = sqs_markers(request)
-                if protocol is not None:
+                if protocol is not None:  # the SQS front ends count their requests by action
                     return await (self.sqs_json if protocol == "json" else self.sqs_query)(request)
             handler = route.methods.get(request.method) or _pick(route, request)
+            api: object = self.ops if route.ops else self.v1
             params = route.params
             if not params:
-                return await handler(self.v1, request)
-            name = validation.name
-            at = 2 if route.first is not None else 1  # where the parameters start in parts
-            if len(params) == 3:
-                return await handler(
-                    self.v1,
-                    request,
-                    name(parts[at], params[0]),
-                    name(parts[at + 1], params[1]),
-                    name(parts[at + 2], params[2]),
-                )
-            if len(params) == 2:
-                return await handler(
-                    self.v1, request, name(parts[at], params[0]), name(parts[at + 1], params[1])
-                )
-            return await handler(self.v1, request, name(parts[at], params[0]))
+                response = await handler(api, request)
+            else:
+                name = validation.name
+                at = 2 if route.first is not None else 1  # where the parameters start in parts
+                if len(params) == 3:
+                    response = await handler(
+                        api,
+                        request,
+                        name(parts[at], params[0]),
+                        name(parts[at + 1], params[1]),
+                        name(parts[at + 2], params[2]),
+                    )
+                elif len(params) == 2:
+                    response = await handler(
+                        api, request, name(parts[at], params[0]), name(parts[at + 1], params[1])
+                    )
+                else:
+                    response = await handler(api, request, name(parts[at], params[0]))
         except BurrowError as error:
-            return error_response(error)
+            response = error_response(error)
+        except asyncio.CancelledError:  # the client went away (a long poll, mostly)
+            if observing:
+                self._observe(self._stats[handler], request, CANCELLED, started)
+            raise
+        except Exception:  # the HTTP layer logs it and answers 500
+            if observing:
+                self._observe(self._stats[handler], request, FAILED, started)
+            raise
+        if observing == COUNT:
+            # Metrics.observe's counting and latency_bucket(), inlined: this is most of what
+            # counting costs a request (--metrics off skips it; docs/operations.md "Metrics").
+            seconds = perf_counter() - started
+            stats = self._stats[handler]
+            stats.by_status[response.status][
+                0 if seconds <= 0.0001
+                else 1 if seconds <= 0.00025
+                else 2 if seconds <= 0.0005
+                else 3 if seconds <= 0.001
+                else bisect_left(LATENCY_BOUNDS, seconds)
+            ] += 1  # fmt: skip
+            stats.total += seconds
+        elif observing:
+            self._observe(self._stats[handler], request, response, started)
+        return response
 
 
 def sqs_markers(request: Request) -> str | None:

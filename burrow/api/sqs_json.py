@@ -2,12 +2,15 @@
 
 It only translates: authenticate, parse the body, run the action, render JSON.
 Errors carry the shape in ``__type`` and the legacy code in ``x-amzn-query-error``
-(botocore reports the latter as ``Error.Code``).
+(botocore reports the latter as ``Error.Code``). Each request is counted by its action
+(:func:`sqs_stats`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from time import perf_counter
 from typing import Any
 
 import orjson
@@ -15,7 +18,8 @@ import orjson
 from burrow.api.sqs_auth import Authenticator
 from burrow.core.errors import BurrowError
 from burrow.http.types import Request, Response
-from burrow.sqs.actions import run
+from burrow.metrics import CANCELLED, SQS, UNMATCHED, Metrics, OpStats
+from burrow.sqs.actions import ACTIONS, run
 from burrow.sqs.errors import SqsError
 from burrow.sqs.model import new_id
 from burrow.sqs.service import SqsService
@@ -29,6 +33,13 @@ _PREFIX = "AmazonSQS."
 def storage_error(error: BurrowError) -> SqsError:
     """A store failure as the SQS error a client retries on."""
     return SqsError("ServiceUnavailable", f"The service is unavailable: {error.message}")
+
+
+def sqs_stats(metrics: Metrics) -> dict[str, OpStats]:
+    """Counters of every SQS action, and of requests naming none that exists (key ``""``)."""
+    stats = {action: metrics.op(SQS, action) for action in ACTIONS}
+    stats[""] = metrics.op(SQS, UNMATCHED)
+    return stats
 
 
 def json_error(error: SqsError, request_id: str) -> Response:
@@ -55,23 +66,36 @@ def _params(body: bytes) -> dict[str, Any]:
 
 
 class SqsJsonApi:
-    def __init__(self, sqs: SqsService, auth: Authenticator) -> None:
+    def __init__(self, sqs: SqsService, auth: Authenticator, metrics: Metrics | None = None) -> None:
         self.sqs = sqs
         self.auth = auth
+        self._stats = sqs_stats(metrics) if metrics is not None else {}
+        self._observe = metrics.observe if metrics is not None and metrics.observing else None
 
     async def __call__(self, request: Request) -> Response:
+        observe = self._observe
+        started = perf_counter() if observe is not None else 0.0
         request_id = new_id()
+        target = request.headers.get("x-amz-target", "")
+        action = target[len(_PREFIX) :] if target.startswith(_PREFIX) else ""
         try:
-            target = request.headers.get("x-amz-target", "")
-            if not target.startswith(_PREFIX):
+            if not action:
                 raise SqsError(
                     "InvalidAction", f"Unknown X-Amz-Target {target[:100]!r}; expected AmazonSQS.<Action>."
                 )
             caller = self.auth.caller(request, self.sqs.wall_clock())
             params = _params(request.body)
-            result = await run(self.sqs, caller, target[len(_PREFIX) :], params)
-            return Response(200, orjson.dumps(result), JSON_10, [("x-amzn-RequestId", request_id)])
+            result = await run(self.sqs, caller, action, params)
+            response = Response(200, orjson.dumps(result), JSON_10, [("x-amzn-RequestId", request_id)])
         except SqsError as error:
-            return json_error(error, request_id)
+            response = json_error(error, request_id)
         except BurrowError as error:
-            return json_error(storage_error(error), request_id)
+            response = json_error(storage_error(error), request_id)
+        except asyncio.CancelledError:  # the client went away (a long poll, mostly): 499
+            if observe is not None:
+                observe(self._stats.get(action) or self._stats[""], request, CANCELLED, started)
+            raise
+        if observe is not None:
+            stats = self._stats
+            observe(stats.get(action) or stats[""], request, response, started)
+        return response

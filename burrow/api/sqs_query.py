@@ -10,16 +10,19 @@ rendered as ``<{Action}Response><{Action}Result>...`` in the 2012-11-05 namespac
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Mapping
+from time import perf_counter
 from typing import Any
 from urllib.parse import parse_qsl
 from xml.sax.saxutils import escape
 
 from burrow.api.sqs_auth import Authenticator
-from burrow.api.sqs_json import storage_error
+from burrow.api.sqs_json import sqs_stats, storage_error
 from burrow.core.errors import BurrowError
 from burrow.http.types import Request, Response
+from burrow.metrics import CANCELLED, Metrics
 from burrow.sqs.actions import run
 from burrow.sqs.errors import SqsError, invalid
 from burrow.sqs.model import new_id
@@ -201,18 +204,33 @@ def xml_error(error: SqsError, request_id: str) -> Response:
 
 
 class SqsQueryApi:
-    def __init__(self, sqs: SqsService, auth: Authenticator) -> None:
+    def __init__(self, sqs: SqsService, auth: Authenticator, metrics: Metrics | None = None) -> None:
         self.sqs = sqs
         self.auth = auth
+        self._stats = sqs_stats(metrics) if metrics is not None else {}
+        self._observe = metrics.observe if metrics is not None and metrics.observing else None
 
     async def __call__(self, request: Request) -> Response:
+        observe = self._observe
+        started = perf_counter() if observe is not None else 0.0
         request_id = new_id()
+        action = ""
         try:
             caller = self.auth.caller(request, self.sqs.wall_clock())
             action, members = query_params(request)
             result = await run(self.sqs, caller, action, members)
-            return Response(200, render(action, result, request_id), XML, [("x-amzn-RequestId", request_id)])
+            response = Response(
+                200, render(action, result, request_id), XML, [("x-amzn-RequestId", request_id)]
+            )
         except SqsError as error:
-            return xml_error(error, request_id)
+            response = xml_error(error, request_id)
         except BurrowError as error:
-            return xml_error(storage_error(error), request_id)
+            response = xml_error(storage_error(error), request_id)
+        except asyncio.CancelledError:  # the client went away (a long poll, mostly): 499
+            if observe is not None:
+                observe(self._stats.get(action) or self._stats[""], request, CANCELLED, started)
+            raise
+        if observe is not None:
+            stats = self._stats
+            observe(stats.get(action) or stats[""], request, response, started)
+        return response

@@ -37,7 +37,9 @@ async def running_server(
     backend = open_backend(settings.backend_url(), settings)
     engine = Engine(backend, settings, clock)
     await engine.start()
-    http = await start_server(App(engine), settings)
+    app = App(engine)
+    http = await start_server(app, settings)
+    app.serving(http)
     try:
         yield RunningServer(engine, http)
     finally:

@@ -67,6 +67,10 @@ class SQLiteBackend(Backend):
         return cls(path, settings.fsync, url, settings.fsync_interval, reserve)
 
     # -- plumbing ---------------------------------------------------------------
+    def observe_commits(self, callback: Callable[[int, float], None]) -> None:
+        """Metrics: ``callback(operations, seconds)`` after each committed write transaction."""
+        self._writer.on_commit = callback
+
     @property
     def commits(self) -> int:
         """Transactions committed that contained writes (group commit makes this < writes)."""

@@ -239,6 +239,8 @@ class Writer(threading.Thread):
         self.loop: asyncio.AbstractEventLoop | None = None
         #: Write transactions committed so far; the number of the last one.
         self.commits = 0
+        #: Metrics hook: after each committed write transaction, (operations, seconds BEGIN..COMMIT).
+        self.on_commit: Callable[[int, float], None] | None = None
         #: Every commit up to this number is on disk (written by the sync thread).
         self.synced = 0
         #: Syncs and checkpoints done (diagnostics and tests).
@@ -594,6 +596,7 @@ class Writer(threading.Thread):
         conn = store.conn
         results: list[Any] = []
         wrote = False
+        started = time.perf_counter()
         try:
             conn.execute("BEGIN")
             if not isolated:
@@ -651,6 +654,8 @@ class Writer(threading.Thread):
             return self.fail(group, error)
         if wrote:
             self.commits += 1
+            if self.on_commit is not None:
+                self.on_commit(len(group), time.perf_counter() - started)
         return results
 
     @staticmethod
