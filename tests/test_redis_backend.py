@@ -287,7 +287,8 @@ async def test_too_few_replicas_is_unavailable_though_the_primary_has_the_write(
     backend = RedisBackend(parse(primary.url), Settings(redis_wait_replicas=2, redis_wait_timeout=0.2))
     await backend.open()
     try:
-        with pytest.raises(StorageUnavailable, match="only 1 of 2 replicas"):
+        # "only 1 of 2", or 0 when the one replica does not answer within the 0.2 s
+        with pytest.raises(StorageUnavailable, match=r"only [01] of 2 replicas"):
             await backend.put_message("a", "q", "m", b"x", 0.0, 0.0, T)
         # reads do not wait; the write is on the primary (as documented)
         assert [m.id for m in await backend.get_messages("a", "q", ALL, T)] == ["m"]
