@@ -53,7 +53,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from burrow import __version__
-from burrow.bench.client import LoadConnection, Stats
+from burrow.bench.client import LoadConnection, Stats, drive
 from burrow.bench.procs import ServerProcess, close_client, process_cpu_seconds, raise_nofile
 from burrow.bench.workloads import BODY, template
 from burrow.client import SyncConnection, encode_request
@@ -113,25 +113,7 @@ async def run_client(config: dict[str, Any]) -> dict[str, Any]:
         await loop.create_connection(functools.partial(_same, conn), host, port)
         dones.append(done)
         conns.append(conn)
-    print("ready", flush=True)
-    await loop.run_in_executor(None, sys.stdin.readline)
-    cpu0, start = time.process_time(), time.perf_counter()
-    deadline = start + config["duration"]
-    for conn in conns:
-        conn.start(deadline)
-    await asyncio.gather(*dones)
-    end = stats.last or time.perf_counter()
-    cpu = time.process_time() - cpu0
-    for conn in conns:
-        if conn.transport is not None:
-            conn.transport.close()
-    return {
-        "responses": stats.responses,
-        "statuses": {k.decode(): v for k, v in sorted(stats.statuses.items())},
-        "elapsed": max(end - start, 1e-9),
-        "cpu": cpu,
-        "errors": stats.errors[:5],
-    }
+    return await drive(conns, dones, stats, config["duration"])
 
 
 def client_main() -> int:

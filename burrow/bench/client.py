@@ -122,10 +122,17 @@ async def run_load(config: dict[str, Any]) -> dict[str, Any]:
         return LoadConnection(scripts[i], config["depth"], stats, dones[i])
 
     conns = await connect_many("127.0.0.1", config["port"], factory, connections)
+    return await drive(conns, dones, stats, config["duration"])
+
+
+async def drive(
+    conns: list[LoadConnection], dones: list[asyncio.Future[None]], stats: Stats, duration: float
+) -> dict[str, Any]:
+    """Say ready, await go (a line on stdin), run the connections for ``duration`` s, report."""
     print("ready", flush=True)
     await _read_line()
     cpu0, start = time.process_time(), time.perf_counter()
-    deadline = start + config["duration"]
+    deadline = start + duration
     for conn in conns:
         conn.start(deadline)
     await asyncio.gather(*dones)
