@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import TypeVar
 
@@ -35,6 +35,7 @@ from burrow.core.errors import StorageUnavailable
 from burrow.core.model import Counts, Filter, Message, Sent, Update, deadline, new_update
 from burrow.metrics import MessageCounts
 from burrow.notify import LocalNotifier, Notifier, QueueKey, wake
+from burrow.quotas import Quota
 
 log = logging.getLogger("burrow.engine")
 
@@ -66,6 +67,12 @@ class Engine:
         self._stop_hooks: list[Callable[[], Awaitable[None]]] = []
         #: Message events for the metrics (plain increments); None with ``--metrics off``.
         self.counts: MessageCounts | None = MessageCounts() if settings.metrics == "on" else None
+        #: Per-account limits (credentials file); an account not listed has none.
+        self.quotas: dict[str, Quota] = {}
+
+    def set_quotas(self, quotas: Mapping[str, Quota]) -> None:
+        """Replace every account's quotas (at start, and when the credentials file is reloaded)."""
+        self.quotas = dict(quotas)
 
     def now(self) -> float:
         """The engine's time: its clock's reading, never going back.

@@ -15,9 +15,10 @@ character inside a name. Matching, in one dict lookup or two (this runs on every
   with an unlisted method is 405 (with ``Allow``); a path no route matches, or one with
   no burrow v1.0 methods, is 404.
 
-Routes marked ``ops`` (health probes, metrics, the OpenAPI document) are not queue API
-routes: their handlers are :class:`burrow.api.ops.OpsApi`'s, and authentication must
-leave them open (probes and scrapers carry no credentials).
+Routes of ``api=OPS_API`` (health probes, metrics, the OpenAPI document) are not queue API
+routes: their handlers are :class:`burrow.api.ops.OpsApi`'s. What authentication asks of a
+request on each route is the route's ``access`` (see :class:`Route`): probes carry no
+credentials, so ``/health/*`` is public.
 
 SQS requests go only to the routes marked ``sqs`` (``/`` and the queue URL paths
 ``/{account}/{queue}``, paths where v1.0 has no use for these methods) and are told
@@ -74,17 +75,37 @@ COUNT, OBSERVE = 1, 2
 
 V1Handler = Callable[..., Awaitable[Response]]
 
+#: Route.api: whose handlers a route's are (App holds one object of each).
+V1_API, OPS_API = "v1", "ops"
+#: Route.access values (see Route).
+ACCESS = ("public", "admin", "account", "any")
+
 
 class Route:
     """One path template of the table: its handlers by method, whether SQS requests may arrive
-    on it, and whether it is an operations route (``ops``: handled by OpsApi, not V1Api). Only
-    the first segment may be a literal; the others are parameters, passed (validated) to the
-    handler in order."""
+    on it, which front end's handlers they are (``api``), and who may call it (``access``).
+    Only the first segment may be a literal; the others are parameters, passed (validated) to
+    the handler in order.
 
-    __slots__ = ("first", "methods", "ops", "params", "sqs", "template")
+    ``access``, what authentication asks of a request here when it is on:
+
+    * ``"public"``: nothing (probes, the OpenAPI document, the dashboard's static files);
+    * ``"admin"``: a server-wide admin token (listing or deleting accounts, ``/metrics``);
+    * ``"account"``: a credential of the account the path names (read-only ones only for
+      ``GET``); the default for templates with an ``{account}`` parameter;
+    * ``"any"``: any valid credential; the default for the rest.
+    """
+
+    __slots__ = ("access", "api", "first", "methods", "ops", "params", "sqs", "template")
 
     def __init__(
-        self, template: str, methods: dict[str, V1Handler], *, sqs: bool = False, ops: bool = False
+        self,
+        template: str,
+        methods: dict[str, V1Handler],
+        *,
+        sqs: bool = False,
+        api: str = V1_API,
+        access: str | None = None,
     ) -> None:
         segments = template.split("/")[1:]  # "/" is one empty literal segment
         literal = not segments[0].startswith("{")
@@ -94,9 +115,16 @@ class Route:
         self.template = template
         self.methods = methods
         self.sqs = sqs
-        self.ops = ops
+        self.api = api
+        #: An operations route (health, metrics, OpenAPI): not part of the queue API.
+        self.ops = api == OPS_API
         #: Parameter names, which are also what validation calls them ("account", ...).
         self.params = tuple(p[1:-1] for p in params)
+        if access is None:
+            access = "account" if "account" in self.params else "any"
+        if access not in ACCESS:
+            raise ValueError(f"route {template!r}: access must be one of {', '.join(ACCESS)}")
+        self.access = access
         #: The literal first segment, or None for a parameter.
         self.first = segments[0] if literal else None
 
@@ -104,7 +132,7 @@ class Route:
 #: Every path Burrow answers.
 ROUTES: tuple[Route, ...] = (
     Route("/", {"GET": V1Api.versions}, sqs=True),
-    Route("/v1.0", {"GET": V1Api.list_accounts, "DELETE": V1Api.delete_accounts}),
+    Route("/v1.0", {"GET": V1Api.list_accounts, "DELETE": V1Api.delete_accounts}, access="admin"),
     Route("/v1.0/{account}", {"GET": V1Api.list_queues, "DELETE": V1Api.delete_queues}),
     Route(
         "/v1.0/{account}/{queue}",
@@ -121,9 +149,10 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route("/{account}/{queue}", {}, sqs=True),  # SQS queue URLs
     # Operations: outside the queue API, and outside any authentication.
-    Route("/health/{check}", {"GET": OpsApi.health}, sqs=True, ops=True),  # sqs: it shadows queue URLs
-    Route("/metrics", {"GET": OpsApi.metrics}, ops=True),
-    Route("/openapi.json", {"GET": OpsApi.openapi}, ops=True),
+    # sqs: /health/{check} shadows queue URLs of its length, so it must accept SQS requests too
+    Route("/health/{check}", {"GET": OpsApi.health}, sqs=True, api=OPS_API, access="public"),
+    Route("/metrics", {"GET": OpsApi.metrics}, api=OPS_API, access="admin"),
+    Route("/openapi.json", {"GET": OpsApi.openapi}, api=OPS_API, access="public"),
 )
 
 # The table compiled for lookup by (number of "/"-separated parts, first segment), then by the
@@ -169,6 +198,8 @@ class App:
         metrics.hook_storage()
         self.v1 = V1Api(engine)
         self.ops = OpsApi(engine, metrics)
+        #: The handler objects of Route.api names other than v1's.
+        self._apis: dict[str, object] = {OPS_API: self.ops}
         sqs, auth = SqsService(engine), Authenticator(settings)
         self.sqs_json = SqsJsonApi(sqs, auth, metrics)
         self.sqs_query = SqsQueryApi(sqs, auth, metrics)
@@ -207,7 +238,7 @@ class App:
                 if protocol is not None:  # the SQS front ends count their requests by action
                     return await (self.sqs_json if protocol == "json" else self.sqs_query)(request)
             handler = route.methods.get(request.method) or _pick(route, request)
-            api: object = self.ops if route.ops else self.v1
+            api = self.v1 if route.api == V1_API else self._apis[route.api]
             params = route.params
             if not params:
                 response = await handler(api, request)
