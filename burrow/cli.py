@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 
 from burrow import __version__
-from burrow.config import Settings, load_settings
+from burrow.config import BYTE_SIZES, Settings, load_settings, parse_bytes
 
 log = logging.getLogger("burrow")
 
@@ -55,9 +55,16 @@ def _help_for(name: str) -> str:
         " plus 128; refused at start if the hard limit is lower)",
         "max_connections_per_client": "most concurrent connections from one client IP address; more get 503",
         "clean_interval": "seconds between cleaner passes",
+        "max_memory": "memory backend: bytes of messages it may hold, suffixes K M G (e.g. 512M); a"
+        " create past it gets 507 (0 = a quarter of physical memory; per worker process)",
+        "max_disk": "SQLite backend: bytes of database pages in use past which a create gets 507,"
+        " suffixes K M G (0 = no limit but the disk's)",
         "log_level": "debug | info | warning | error",
+        "credentials": "credentials file (TOML: admin tokens, accounts, tokens, SQS keys, quotas);"
+        " turns auth on for both APIs; reloaded on SIGHUP (see burrow credentials --help)",
         "sqs_credentials": "SQS SigV4 credentials ACCESS:SECRET[,ACCESS2:SECRET2]; the access key is the"
-        " account; empty = accept any signature",
+        " account; set, auth is on for both APIs (v1.0 then needs a --credentials token); empty ="
+        " accept any signature unless --credentials is set",
         "sqs_default_account": "account of SQS requests without an Authorization header",
         "region": "the AWS region SQS ARNs name; with --sqs-credentials, requests signed for"
         " another region are refused",
@@ -94,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", metavar="FILE", help="TOML file of settings (keys as below, or a [burrow] table)"
     )
     for f in SERVE_FLAGS:
-        kind = {"int": int, "float": float}.get(str(f.type), str)
+        kind: Callable[[str], object] = {"int": int, "float": float}.get(str(f.type), str)
+        if f.name in BYTE_SIZES:
+            kind = parse_bytes
         serve.add_argument(
             "--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None, help=_help_for(f.name)
         )
@@ -103,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("args", nargs="*", help="arguments for the benchmark runner (burrow bench --help)")
     # These have parsers of their own; listed here for --help, dispatched in main().
     commands.add_parser("proxy", help="route requests over several servers (burrow proxy --help)")
+    commands.add_parser(
+        "credentials", help="edit a credentials file: accounts, tokens, SQS keys (burrow credentials --help)"
+    )
     for name, summary in CLIENT_COMMANDS.items():
         commands.add_parser(name, help=f"{summary} (burrow {name} --help)")
     return parser
@@ -147,6 +159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from burrow.router.cli import main as proxy_main
 
         return proxy_main(argv[1:])
+    if argv[:1] == ["credentials"]:
+        from burrow.auth.manage import main as credentials_main
+
+        return credentials_main(argv[1:])
     if argv and (argv[0] in CLIENT_COMMANDS or argv[0] in CLIENT_ALIASES):
         from burrow.client.cli import main as client_main
 
@@ -193,6 +209,8 @@ async def _serve(settings: Settings, loop_name: str, *, reuse_port: bool = False
     import signal
 
     from burrow.api.routes import App
+    from burrow.auth import CredentialsError
+    from burrow.auth.guard import warn_if_open
     from burrow.backends import open_backend
     from burrow.engine import Engine
     from burrow.http.server import ResourceLimitError, ensure_open_files, start_server
@@ -210,6 +228,9 @@ async def _serve(settings: Settings, loop_name: str, *, reuse_port: bool = False
         raise StartupError(f"cannot open backend {url}: {error}") from error
     try:
         app = App(engine)
+    except CredentialsError as error:  # names the file and the key, never a secret
+        await engine.stop()
+        raise StartupError(f"cannot use the credentials: {error}") from error
     except OSError as error:
         await engine.stop()
         raise StartupError(f"cannot open the access log {settings.access_log}: {error}") from error
@@ -224,6 +245,12 @@ async def _serve(settings: Settings, loop_name: str, *, reuse_port: bool = False
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    guard = app.guard
+    if guard is not None:
+        loop.add_signal_handler(signal.SIGHUP, guard.reload)  # a bad file keeps the old credentials
+    else:
+        loop.add_signal_handler(signal.SIGHUP, log.info, "SIGHUP: auth is off, no credentials to reload")
+    warn_if_open(settings, http.host)
     log.info(
         "burrow %s listening on http://%s:%d backend=%s loop=%s",
         __version__,

@@ -102,14 +102,29 @@ class Settings:
     max_connections_per_client: int = 1_000
     #: Seconds between cleaner passes (expiry, unhide, removal of empty queues).
     clean_interval: float = 1.0
+    #: Memory backend: bytes of messages (ids, bodies, meta and a fixed per-message and
+    #: per-queue overhead) it may hold; a create past it is 507 (docs/operations.md "Budgets
+    #: and quotas"). 0 = a quarter of physical memory (at least 64 MiB), decided and logged
+    #: at start; per process (``workers`` on memory each own a store). Suffixes K, M, G
+    #: (1024-based) are accepted.
+    max_memory: int = 0
+    #: SQLite backend: bytes of database pages in use (file size less free pages) past which
+    #: a create is 507. 0 = no limit but the disk's own (the reserve file, docs/operations.md
+    #: "Full disk"). Suffixes K, M, G (1024-based) are accepted.
+    max_disk: int = 0
     #: Log level name.
     log_level: str = "info"
+    #: The credentials file (TOML: admin tokens, accounts with their v1.0 tokens, SQS keys and
+    #: quotas; docs/operations.md "Auth and tenants"), reloaded on SIGHUP. Set, or with
+    #: ``sqs_credentials`` set, auth is on for both APIs; neither set, auth is off (local use).
+    credentials: str = ""
     #: SQS API credentials, ``ACCESS_KEY:SECRET`` pairs separated by commas. Each access
     #: key is also the Burrow account its requests use. Empty (the default, for local
-    #: use) accepts any signature without checking it; set, SigV4 signatures are verified.
+    #: use) accepts any signature without checking it; set, SigV4 signatures are verified
+    #: (and auth is on for burrow v1.0 too: it then needs a token of ``credentials``).
     sqs_credentials: str = ""
     #: The Burrow account of SQS requests that carry no ``Authorization`` header
-    #: (accepted only while ``sqs_credentials`` is empty).
+    #: (accepted only while auth is off: neither ``credentials`` nor ``sqs_credentials`` set).
     sqs_default_account: str = "000000000000"
     #: The one AWS region this server is: SQS ARNs name it, and with ``sqs_credentials``
     #: set a request signed for another region (or another service than ``sqs``) is
@@ -167,6 +182,8 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.credentials != self.credentials.strip() or "\0" in self.credentials:
+            raise ValueError(f"credentials must be a file path or empty, got {self.credentials!r}")
         for pair in filter(None, (p.strip() for p in self.sqs_credentials.split(","))):
             access, sep, secret = pair.partition(":")
             if not sep or not access or not secret:
@@ -194,6 +211,9 @@ class Settings:
         for name in ("header_timeout", "body_timeout", "idle_timeout", "write_timeout", "clean_interval"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        for name in ("max_memory", "max_disk"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 (see its default) or a number of bytes")
         if self.metrics not in ("on", "off"):
             raise ValueError(f"metrics must be on or off, got {self.metrics!r}")
         if not 0 <= self.metrics_top_queues <= 1000:
@@ -217,6 +237,24 @@ class Settings:
 _FIELD_TYPES: dict[str, type] = {
     f.name: {"str": str, "int": int, "float": float}[str(f.type)] for f in fields(Settings)
 }
+#: Settings that are byte sizes: they accept K, M and G suffixes (:func:`parse_bytes`)
+#: in the TOML file, the environment and flags alike.
+BYTE_SIZES = frozenset(
+    name for name in _FIELD_TYPES if name in ("max_memory", "max_disk") or name.endswith("_bytes")
+)
+_SIZE = re.compile(r"(\d+)\s*(?:([KMG])(?:I?B)?|B)?", re.IGNORECASE)
+
+
+def parse_bytes(value: str | int) -> int:
+    """A byte size: an integer, or one with a suffix K, M or G (1024-based; ``KiB``, ``MB`` and
+    lower case are read the same), e.g. ``512M`` = 536870912."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = _SIZE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(f"expected a byte size such as 1048576, 512K, 64M or 2G, got {value!r}")
+    unit = (match.group(2) or "").upper()
+    return int(match.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[unit]
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -225,6 +263,11 @@ def _coerce(name: str, value: Any) -> Any:
             raise ValueError(f"setting servers: expected URLs (strings), got {value!r}")
         return ",".join(value)
     kind = _FIELD_TYPES[name]
+    if name in BYTE_SIZES:
+        try:
+            return parse_bytes(value)
+        except ValueError as error:
+            raise ValueError(f"setting {name}: {error}") from None
     try:
         if kind is int and isinstance(value, str):
             return int(value, 10)

@@ -12,7 +12,14 @@ neither the pure core nor a backend may do:
   wakes it or its deadline passes,
 * events: every write that may have made a message visible publishes one through the
   :class:`~burrow.notify.Notifier` (the only place waiters are woken),
-* the cleaner, which asks the backend to expire and reports hides that ran out.
+* the cleaner, which asks the backend to expire and reports hides that ran out,
+* per-account quotas (:mod:`burrow.quotas`): a create, or a long poll, over one is
+  :class:`~burrow.core.errors.QuotaExceeded` (429). An account's usage is read from the
+  backend (:meth:`~burrow.backends.base.Backend.usage`) at most once every USAGE_SECONDS
+  and kept up to date in between by this engine's own creates and deletes, so a check
+  costs a few comparisons; what others change meanwhile (the cleaner's expiry, other
+  processes sharing a Redis store) shows at the next read. Accounts without quotas pay
+  one dict lookup per create.
 
 Relative times are whole seconds from the API (``ttl``, ``hide``: 0 = none for a
 deadline, visible now for a hide); absolute ones are clock readings.
@@ -24,6 +31,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import TypeVar
@@ -31,15 +39,39 @@ from typing import TypeVar
 from burrow.backends.base import Backend
 from burrow.clock import Clock
 from burrow.config import Settings
-from burrow.core.errors import StorageUnavailable
+from burrow.core.errors import QuotaExceeded, StorageUnavailable
 from burrow.core.model import Counts, Filter, Message, Sent, Update, deadline, new_update
 from burrow.metrics import MessageCounts
 from burrow.notify import LocalNotifier, Notifier, QueueKey, wake
-from burrow.quotas import Quota
+from burrow.quotas import Quota, Usage
 
 log = logging.getLogger("burrow.engine")
 
 T = TypeVar("T")
+
+#: Seconds an account's usage read from the backend is trusted (kept current by this
+#: engine's own creates and deletes) before a create reads it again; also the
+#: ``Retry-After`` of a quota refusal.
+USAGE_SECONDS = 1.0
+#: A queue create over the ``queues`` quota reads the usage again first if it is older than
+#: this (a queue emptied by deletes is not seen otherwise): so at most ten reads a second.
+QUEUES_REREAD = 0.1
+
+
+class Tally:
+    """An account's usage as the engine last read it, with its own changes since then."""
+
+    __slots__ = ("read_at", "usage")
+
+    def __init__(self, usage: Usage, read_at: float) -> None:
+        self.usage = usage
+        #: ``time.monotonic()`` of the read.
+        self.read_at = read_at
+
+    def add(self, messages: int, size: int) -> None:
+        usage = self.usage
+        usage.messages += messages
+        usage.bytes += size
 
 
 class Engine:
@@ -69,10 +101,112 @@ class Engine:
         self.counts: MessageCounts | None = MessageCounts() if settings.metrics == "on" else None
         #: Per-account limits (credentials file); an account not listed has none.
         self.quotas: dict[str, Quota] = {}
+        #: The usage of accounts with quotas (see Tally), by account.
+        self._tallies: dict[str, Tally] = {}
+        #: Long polls parked in this process, by account (only accounts with a waiters quota).
+        self._waiters: dict[str, int] = {}
 
     def set_quotas(self, quotas: Mapping[str, Quota]) -> None:
         """Replace every account's quotas (at start, and when the credentials file is reloaded)."""
-        self.quotas = dict(quotas)
+        self.quotas = {account: quota for account, quota in quotas.items() if quota != Quota()}
+        self._tallies = {}
+
+    # -- quotas -------------------------------------------------------------------
+    async def usage(self, account: str, quota: Quota) -> Tally:
+        """The account's tally, read again from the backend if it is USAGE_SECONDS old."""
+        tally = self._tallies.get(account)
+        now = time.monotonic()
+        if tally is None or now - tally.read_at >= USAGE_SECONDS:
+            usage = await self.backend.usage(account, self.now(), quota.bytes is not None)
+            tally = self._tallies[account] = Tally(usage, now)
+        return tally
+
+    async def _admit(self, account: str, queue: str, quota: Quota, messages: int, size: int) -> Tally:
+        """Check a create of ``messages`` messages of ``size`` body bytes (0, 0: a queue's
+        metadata) in ``queue`` against the account's quota, and count it (the caller takes it
+        back if the create fails); raise QuotaExceeded if it does not fit."""
+        tally = await self.usage(account, quota)
+        usage = tally.usage
+        retry = int(USAGE_SECONDS) or 1
+        if quota.queues is not None and queue not in usage.queues and len(usage.queues) >= quota.queues:
+            # Deletes here count messages out, not queues (whether one emptied is not known
+            # without asking), so a refusal first reads the usage again, if not just read.
+            if time.monotonic() - tally.read_at >= QUEUES_REREAD:
+                tally.read_at = 0.0
+                return await self._admit(account, queue, quota, messages, size)
+            raise QuotaExceeded(
+                f"account {account!r} has {len(usage.queues)} queues, its quota of {quota.queues}:"
+                f" queue {queue!r} cannot be created until one is deleted",
+                "queues",
+                retry,
+            )
+        if messages and quota.messages is not None and usage.messages + messages > quota.messages:
+            raise QuotaExceeded(
+                f"account {account!r} holds {usage.messages} messages, its quota is {quota.messages}:"
+                " take or delete some first",
+                "messages",
+                retry,
+            )
+        if size and quota.bytes is not None and usage.bytes + size > quota.bytes:
+            raise QuotaExceeded(
+                f"account {account!r} holds {usage.bytes} bytes of message bodies and this message"
+                f" has {size}, over its quota of {quota.bytes} bytes: take or delete some first",
+                "bytes",
+                retry,
+            )
+        usage.queues.add(queue)
+        tally.add(messages, size)
+        return tally
+
+    def _gone(self, account: str, messages: list[Message]) -> None:
+        """Count deleted messages out of the account's tally (if it has quotas)."""
+        tally = self._tallies.get(account)
+        if tally is not None and messages:
+            tally.add(-len(messages), -sum(len(m.body) for m in messages))
+
+    def _forget(self, account: str) -> None:
+        """The account's usage changed in a way not counted here: read it again at its next create."""
+        self._tallies.pop(account, None)
+
+    async def _put_within(
+        self,
+        quota: Quota,
+        account: str,
+        queue: str,
+        message: str,
+        body: bytes,
+        expires: float,
+        hidden_until: float,
+        now: float,
+        meta: bytes,
+    ) -> bool:
+        """:meth:`Backend.put_message` for an account with quotas. A replacement adds no message
+        and only the bytes its body grows by, which is looked up only when a new message would
+        not fit (one more store read, on the refusal path); a replacement that did fit as new
+        keeps its old body counted until the usage is read again."""
+        try:
+            tally = await self._admit(account, queue, quota, 1, len(body))
+            added, grown = 1, len(body)
+        except QuotaExceeded as error:
+            if error.quota not in ("messages", "bytes"):
+                raise
+            old = await self.backend.get_message(account, queue, message, now)
+            if old is None:
+                raise
+            added, grown = 0, len(body) - len(old.body)
+            tally = await self._admit(account, queue, quota, 0, max(0, grown))
+            if grown < 0:
+                tally.add(0, grown)
+        try:
+            created = await self.backend.put_message(
+                account, queue, message, body, expires, hidden_until, now, meta
+            )
+        except BaseException:
+            tally.add(-added, -grown)
+            raise
+        if created != bool(added):  # counted as new but replaced (its old body counts until the
+            tally.add(1 if created else -1, 0)  # next read), or the other way round
+        return created
 
     def now(self) -> float:
         """The engine's time: its clock's reading, never going back.
@@ -159,13 +293,20 @@ class Engine:
         return await self.backend.list_accounts(self._capped(filter), self.now())
 
     async def delete_accounts(self, filter: Filter) -> list[str]:
-        return await self.backend.delete_accounts(filter, self.now())
+        names = await self.backend.delete_accounts(filter, self.now())
+        if self._tallies:
+            for account in names:
+                self._forget(account)
+        return names
 
     async def list_queues(self, account: str, filter: Filter) -> list[str]:
         return await self.backend.list_queues(account, self._capped(filter), self.now())
 
     async def delete_queues(self, account: str, filter: Filter) -> list[str]:
-        return await self.backend.delete_queues(account, filter, self.now())
+        names = await self.backend.delete_queues(account, filter, self.now())
+        if names and self._tallies:
+            self._forget(account)
+        return names
 
     # -- message lists ----------------------------------------------------------
     async def get_messages(self, account: str, queue: str, filter: Filter, wait: int = 0) -> list[Message]:
@@ -226,6 +367,8 @@ class Engine:
             )
         if self.counts is not None:
             self.counts.deleted += len(result)
+        if self._tallies:
+            self._gone(account, result)
         return result
 
     # -- one message ------------------------------------------------------------
@@ -247,9 +390,15 @@ class Engine:
         settings = self.settings
         hide = settings.default_hide if hide is None else hide
         ttl = settings.default_ttl if ttl is None else ttl
-        created = await self.backend.put_message(
-            account, queue, message, body, deadline(ttl, now), deadline(hide, now), now, meta
-        )
+        quota = self.quotas.get(account)
+        if quota is None:
+            created = await self.backend.put_message(
+                account, queue, message, body, deadline(ttl, now), deadline(hide, now), now, meta
+            )
+        else:
+            created = await self._put_within(
+                quota, account, queue, message, body, deadline(ttl, now), deadline(hide, now), now, meta
+            )
         if not hide and self.notifier.has_waiters():  # most puts have no waiter anywhere to wake
             self.notifier.publish((account, queue), 1)
         if self.counts is not None:
@@ -286,6 +435,8 @@ class Engine:
             self.notifier.publish((account, queue))  # its FIFO group is unblocked: how many, unknown
         if gone is not None and self.counts is not None:
             self.counts.deleted += 1
+        if gone is not None and self._tallies:
+            self._gone(account, [gone])
         return gone
 
     # -- worker operations ------------------------------------------------------
@@ -326,19 +477,28 @@ class Engine:
     ) -> Sent:
         """A FIFO send: sequence number and deduplication (``dedup_window`` seconds) in one store call."""
         now = self.now()
-        sent = await self.backend.send_message(
-            account,
-            queue,
-            message,
-            body,
-            deadline(ttl, now),
-            deadline(delay, now),
-            now,
-            meta,
-            group,
-            dedup,
-            now + dedup_window,
-        )
+        quota = self.quotas.get(account)
+        tally = None if quota is None else await self._admit(account, queue, quota, 1, len(body))
+        try:
+            sent = await self.backend.send_message(
+                account,
+                queue,
+                message,
+                body,
+                deadline(ttl, now),
+                deadline(delay, now),
+                now,
+                meta,
+                group,
+                dedup,
+                now + dedup_window,
+            )
+        except BaseException:
+            if tally is not None:
+                tally.add(-1, -len(body))
+            raise
+        if tally is not None and not sent.created:  # deduplicated: nothing was stored
+            tally.add(-1, -len(body))
         if sent.created and not delay:
             self.notifier.publish((account, queue), 1)
         if sent.created and self.counts is not None:
@@ -364,6 +524,12 @@ class Engine:
         moved = await self.backend.move_message(
             account, queue, message, to_account, to_queue, expires, now, meta, receives, expect_receives
         )
+        if moved is not None and self._tallies:  # moves are not refused: they only carry a message over
+            self._gone(account, [moved])
+            tally = self._tallies.get(to_account)
+            if tally is not None:
+                tally.usage.queues.add(to_queue)
+                tally.add(1, len(moved.body))
         if moved is not None:
             self.notifier.publish((to_account, to_queue), 1)
             if self.counts is not None:  # a dead-letter move keeps the receive count; a move task resets it
@@ -381,12 +547,26 @@ class Engine:
         return await self.backend.get_queue_meta(account, queue)
 
     async def set_queue_meta(self, account: str, queue: str, meta: bytes | None) -> None:
+        """Store or (None) remove the queue's metadata; a new queue counts towards the account's
+        ``queues`` quota (SQS queues exist while empty)."""
+        quota = self.quotas.get(account)
+        if quota is not None and meta is not None:
+            await self._admit(account, queue, quota, 0, 0)
         await self.backend.set_queue_meta(account, queue, meta)
+        if meta is None and self._tallies:
+            self._forget(account)
 
     async def swap_queue_meta(
         self, account: str, queue: str, expect: bytes | None, meta: bytes | None
     ) -> bool:
-        return await self.backend.swap_queue_meta(account, queue, expect, meta)
+        """Compare-and-set of the queue's metadata; creating it counts as :meth:`set_queue_meta`."""
+        quota = self.quotas.get(account)
+        if quota is not None and meta is not None and expect is None:
+            await self._admit(account, queue, quota, 0, 0)
+        swapped = await self.backend.swap_queue_meta(account, queue, expect, meta)
+        if meta is None and swapped and self._tallies:
+            self._forget(account)
+        return swapped
 
     async def list_queue_meta(self, account: str) -> list[tuple[str, bytes]]:
         return await self.backend.list_queue_meta(account)
@@ -418,6 +598,36 @@ class Engine:
         result = await attempt()
         if result or wait <= 0 or self.draining:
             return result
+        quota = self.quotas.get(account)
+        if quota is None or quota.waiters is None:
+            return await self._park(account, queue, wait, attempt, taker)
+        parked = self._waiters.get(account, 0)
+        if parked >= quota.waiters:
+            raise QuotaExceeded(
+                f"account {account!r} has {parked} long polls waiting, its quota of {quota.waiters}:"
+                " retry when one has ended, or poll without waiting",
+                "waiters",
+                int(USAGE_SECONDS) or 1,
+            )
+        self._waiters[account] = parked + 1
+        try:
+            return await self._park(account, queue, wait, attempt, taker)
+        finally:
+            left = self._waiters[account] - 1
+            if left:
+                self._waiters[account] = left
+            else:
+                del self._waiters[account]
+
+    async def _park(
+        self,
+        account: str,
+        queue: str,
+        wait: int,
+        attempt: Callable[[], Awaitable[list[T]]],
+        taker: bool,
+    ) -> list[T]:
+        """:meth:`poll` once its first attempt found nothing: retry on events until ``wait`` runs out."""
         loop = asyncio.get_running_loop()
         clock, notifier = self.clock, self.notifier
         end = clock() + min(wait, self.settings.max_wait)  # the raw clock: a wait is a duration

@@ -1,7 +1,7 @@
 """Per-account quotas: the limits an operator sets on one tenant in the credentials file.
 
-Only the data type lives here for now; the engine enforces it (a write over a quota is 429
-with ``Retry-After``). ``None`` means unlimited.
+The engine enforces them (:class:`burrow.engine.Engine`; a write over a quota is 429 with
+``Retry-After``, docs/operations.md "Budgets and quotas"). ``None`` means unlimited.
 """
 
 from __future__ import annotations
@@ -28,3 +28,18 @@ class Quota:
 
 #: No limits: what an account without a quotas table gets.
 UNLIMITED = Quota()
+
+
+@dataclass(slots=True)
+class Usage:
+    """What an account holds, as :meth:`burrow.backends.base.Backend.usage` reads it.
+
+    ``queues``: the names of its queues, those holding messages (burrow v1.0) and those with
+    queue metadata (SQS queues, which exist while empty). ``messages``: stored messages,
+    expired ones the cleaner has not removed yet included. ``bytes``: their bodies' bytes
+    (0 when not asked for: it may cost a pass over the messages on some backends).
+    """
+
+    queues: set[str]
+    messages: int = 0
+    bytes: int = 0

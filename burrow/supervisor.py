@@ -30,7 +30,8 @@ A child that dies is logged (exit status or signal) and restarted after a backof
 doubles up to :data:`BACKOFF_MAX` (and starts over once a child stayed up
 :data:`STABLE_SECONDS`). A child that fails at the first start, or fails to start
 :data:`MAX_FAILED_STARTS` times in a row later, makes the supervisor stop everything and
-exit 1 with the reason. SIGTERM or SIGINT stops the children (the router first, so requests
+exit 1 with the reason. SIGHUP is passed on to the workers (each reloads its credentials
+file, :class:`burrow.auth.Guard`). SIGTERM or SIGINT stops the children (the router first, so requests
 it is forwarding finish; SIGTERM, then SIGKILL after :data:`STOP_GRACE` seconds) and exits
 0; a second signal kills them at once. Children run in their own session (a terminal's
 Ctrl-C reaches only the supervisor) and get SIGTERM if the supervisor dies (Linux
@@ -340,10 +341,11 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self._on_signal, signum)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
         try:
             return await self._run()
         finally:
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
             if self._reservation is not None:
                 self._reservation.close()
@@ -388,6 +390,12 @@ class Supervisor:
                 raise result
         log.info("shutting down")
         return 0
+
+    def _reload(self) -> None:
+        """SIGHUP: each worker reloads its credentials file (the router holds none)."""
+        log.info("SIGHUP: asking %d workers to reload their credentials", len(self.workers))
+        for worker in self.workers:
+            worker.send(signal.SIGHUP)
 
     def _on_signal(self, signum: int) -> None:
         self._signals += 1

@@ -13,6 +13,7 @@ import pytest
 
 from burrow.backends.base import Backend
 from burrow.core.model import Counts, Filter, Message, Sent, Update
+from burrow.quotas import Usage
 
 T = 1_000_000.0
 ALL = Filter()
@@ -832,3 +833,49 @@ async def test_clean_reports_exactly_the_window_and_not_from_earlier_calls(backe
     assert await claimed(backend, "b", "q4", 1, hide=10, now=T + 60) == ["m"]
     assert await woken(T + 70, T + 60) == [("b", "q4")]
     await wipe(backend)
+
+
+async def test_usage_counts_an_accounts_queues_messages_and_body_bytes(backend: Backend) -> None:
+    """``Backend.usage`` (per-account quotas): queues with messages or metadata, messages, bytes."""
+    assert await backend.usage("a", T, True) == Usage(set(), 0, 0)
+    await put(backend, "a", "q1", "m1", b"abc")
+    await put(backend, "a", "q1", "m2", b"hello", hide=30)  # hidden ones count
+    await send(backend, "a", "q2", "m3", group="g", body=b"x" * 100, meta=b"attrs")
+    await backend.set_queue_meta("a", "q3", b"an empty SQS queue")
+    await put(backend, "b", "q1", "m1", b"other tenant")
+    assert await backend.usage("a", T, True) == Usage({"q1", "q2", "q3"}, 3, 108)
+    found = await backend.usage("a", T)  # without bytes: names and messages are still exact
+    assert (found.queues, found.messages) == ({"q1", "q2", "q3"}, 3)
+    # a replacement and a claim change the bytes by the new body only
+    assert not await put(backend, "a", "q1", "m1", b"abcdefgh")
+    assert await claimed(backend, "a", "q2", 1, fifo=True) == ["m3"]
+    assert await backend.usage("a", T, True) == Usage({"q1", "q2", "q3"}, 3, 113)
+    # a move within the account keeps it; deletes take away
+    moved = await backend.move_message("a", "q2", "m3", "a", "q1", 0.0, T)
+    assert moved is not None
+    assert await backend.usage("a", T, True) == Usage({"q1", "q3"}, 3, 113)
+    await backend.delete_message("a", "q1", "m2", T)
+    assert await backend.usage("a", T, True) == Usage({"q1", "q3"}, 2, 108)
+    await backend.set_queue_meta("a", "q3", None)
+    await backend.delete_queues("a", ALL, T)
+    assert await backend.usage("a", T, True) == Usage(set(), 0, 0)
+    assert await backend.usage("b", T, True) == Usage({"q1"}, 1, 12)
+    await wipe(backend)
+
+
+async def test_clean_counts_the_messages_it_expires(backend: Backend) -> None:
+    """``Backend.expired`` (the burrow_messages_expired metric): what the cleaner removed for
+    their ttl, and nothing else."""
+    before = backend.expired
+    await put(backend, "a", "q", "m1", ttl=10)
+    await put(backend, "a", "q", "m2", ttl=10, hide=5)
+    await put(backend, "a", "q", "m3", ttl=100)
+    await put(backend, "a", "q", "gone", ttl=10)
+    await backend.delete_message("a", "q", "gone", T)  # deleted: not expired
+    await backend.clean(T + 5, T)
+    assert backend.expired == before
+    await backend.clean(T + 10, T + 5)
+    assert backend.expired == before + 2
+    await backend.clean(T + 200, T + 10)
+    assert backend.expired == before + 3
+    assert await backend.list_accounts(ALL, T + 200) == []

@@ -19,6 +19,7 @@ from burrow.client import Connection
 from burrow.config import Settings
 from burrow.metrics import LATENCY_BOUNDS, DepthScanner, latency_bucket
 from burrow.testing.backends import SERVER_BACKENDS
+from burrow.testing.clock import ManualClock
 from burrow.testing.server import RunningServer, running_server
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -293,3 +294,26 @@ def test_the_app_inlines_the_same_bucket_bounds() -> None:
     from burrow.api.routes import App
 
     assert set(LATENCY_BOUNDS[:4]) <= set(App.__call__.__code__.co_consts)
+
+
+async def test_expired_messages_are_counted_once_the_cleaner_removes_them(tmp_path: Path) -> None:
+    """``burrow_messages_expired`` rises by the messages whose ttl ran out, on every backend,
+    and not for deleted ones; the clock is moved by hand and the cleaner run once."""
+    for name in sorted(SERVER_BACKENDS):
+        url = SERVER_BACKENDS[name].format(tmp=tmp_path / name)
+        (tmp_path / name).mkdir()
+        clock = ManualClock()
+        async with running_server(Settings(backend=url), clock) as server, Connection(server.url) as conn:
+            before = value(await scrape(conn), "burrow_messages_expired_total")
+            for m in ("m1", "m2", "m3"):
+                assert (await conn.request("PUT", f"/v1.0/a/q/{m}?ttl=5", b"x")).status == 201
+            assert (await conn.request("PUT", "/v1.0/a/q/later?ttl=50", b"x")).status == 201
+            assert (await conn.request("DELETE", "/v1.0/a/q/m3")).status == 204
+            clock.advance(10)
+            await server.engine.clean()
+            after = value(await scrape(conn), "burrow_messages_expired_total")
+            assert after - before == 2, name
+            clock.advance(100)
+            await server.engine.clean()
+            assert value(await scrape(conn), "burrow_messages_expired_total") - before == 3, name
+            assert (await conn.request("GET", "/v1.0/a")).status == 404

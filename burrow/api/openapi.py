@@ -6,7 +6,9 @@ parameter, status and body shape the server answers. Operation ids are the handl
 (``ttl``/``hide``/``wait`` maxima) are the server's settings, so it is built per server.
 ``tests/test_openapi.py`` checks it covers the route table and runs schemathesis against a
 real server with it. The SQS API (its own wire protocols on ``/`` and queue URLs) is
-described in docs/sqs.md, not here.
+described in docs/sqs.md, not here; nor are the dashboard's routes (``api=UI_API``: ``/ui``,
+its files, and the JSON only its page reads, which changes with the page; docs/operations.md
+"Dashboard").
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ def _list_headers(next_marker: bool) -> Schema:
 #: Statuses the HTTP layer may answer for any request (docs/api.md "HTTP"), beside the operation's own.
 _COMMON = {
     "400": _ref("responses", "BadRequest"),
+    "401": _ref("responses", "Unauthorized"),
+    "403": _ref("responses", "Forbidden"),
     "408": _ref("responses", "RequestTimeout"),
     "413": _ref("responses", "PayloadTooLarge"),
     "414": _ref("responses", "UriTooLong"),
@@ -70,6 +74,7 @@ def _operation(
     tag: str = "v1.0",
     writes: bool = False,
     body: bool = False,
+    public: bool = False,
 ) -> Schema:
     op: Schema = {
         "operationId": operation_id,
@@ -78,6 +83,8 @@ def _operation(
         "parameters": [_ref("parameters", p) for p in parameters],
         "responses": {**responses, **_COMMON},
     }
+    if public:  # no credential is asked for (Route.access "public")
+        op["security"] = []
     if writes:
         op["responses"]["507"] = _ref("responses", "InsufficientStorage")
     if body:
@@ -119,6 +126,7 @@ def _message_list(operation_id: str, summary: str, parameters: list[str], next_m
         },
         "204": {"description": "detail=none: done, nothing returned."},
         "404": _ref("responses", "NotFound"),
+        "429": _ref("responses", "QuotaExceeded"),  # a wait over the account's waiters quota
     }
     return _operation(operation_id, summary, parameters, responses, writes=operation_id != "get_messages")
 
@@ -312,6 +320,19 @@ def document(settings: Settings) -> Schema:
     responses = {
         "BadRequest": _error_response("Invalid request (a parameter, a name, the framing): nothing changed."),
         "NotFound": _error_response("Nothing matched: no such account, queue or message, or no visible one."),
+        "Unauthorized": {
+            **_error_response(
+                "Auth is on and the request carries no valid credential (never on the public"
+                " operations: versions, health, this document). Answered before 404 and 405."
+            ),
+            "headers": {
+                "WWW-Authenticate": {"schema": {"type": "string", "enum": ['Bearer realm="burrow"']}}
+            },
+        },
+        "Forbidden": _error_response(
+            "A valid credential that does not allow this: another account's, a read-only one on"
+            " anything but GET, or an account's where an admin token is needed."
+        ),
         "RequestTimeout": _error_response("The request's head or body took too long to arrive."),
         "PayloadTooLarge": _error_response("The request body is over max_body_bytes."),
         "UriTooLong": _error_response("The request target is over max_url_bytes."),
@@ -320,7 +341,15 @@ def document(settings: Settings) -> Schema:
             "The store could not answer or commit (nothing was stored), or the server is over a limit.",
             retry=True,
         ),
-        "InsufficientStorage": _error_response("The disk is full: the change was not stored."),
+        "InsufficientStorage": _error_response(
+            "A storage budget (--max-memory, --max-disk) is reached, or the disk is full: the change"
+            " was not stored. Reads, takes and deletes still work; deletes and expiry make room."
+        ),
+        "QuotaExceeded": _error_response(
+            "Over one of the account's quotas (queues, messages, bytes, long-poll waiters): nothing"
+            " changed. It succeeds once the account's usage drops; retry after Retry-After.",
+            retry=True,
+        ),
         "VersionNotSupported": _error_response("An HTTP version other than 1.0 and 1.1."),
     }
 
@@ -349,6 +378,7 @@ def document(settings: Settings) -> Schema:
                         "content": _json({"type": "array", "items": {"type": "string", "enum": ["v1.0"]}}),
                     }
                 },
+                public=True,
             )
         },
         "/v1.0": {
@@ -389,6 +419,7 @@ def document(settings: Settings) -> Schema:
                 {
                     "201": {"description": "Created."},
                     "204": {"description": "Replaced (body, ttl and hide; its position kept)."},
+                    "429": _ref("responses", "QuotaExceeded"),
                 },
                 writes=True,
                 body=True,
@@ -421,12 +452,13 @@ def document(settings: Settings) -> Schema:
                     "404": _ref("responses", "NotFound"),
                 },
                 tag="operations",
+                public=True,
             ),
         },
         "/metrics": {
             "get": _operation(
                 "metrics",
-                "Prometheus metrics (text exposition format); no authentication",
+                "Prometheus metrics (text exposition format); an admin token when auth is on",
                 [],
                 {
                     "200": {
@@ -445,6 +477,7 @@ def document(settings: Settings) -> Schema:
                 [],
                 {"200": {"description": "The OpenAPI 3.1 document.", "content": _json({"type": "object"})}},
                 tag="operations",
+                public=True,
             ),
         },
     }
@@ -465,7 +498,14 @@ def document(settings: Settings) -> Schema:
             {"name": "operations", "description": "Health, metrics and this document: outside the API."},
         ],
         "paths": paths,
+        # Auth is off unless credentials are configured (docs/operations.md "Auth and tenants"),
+        # hence the empty requirement; public operations say security: [].
+        "security": [{}, {"bearer": []}, {"authToken": []}],
         "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer"},
+                "authToken": {"type": "apiKey", "in": "header", "name": "X-Auth-Token"},
+            },
             "schemas": schemas,
             "parameters": parameters,
             "responses": responses,

@@ -18,7 +18,10 @@ character inside a name. Matching, in one dict lookup or two (this runs on every
 Routes of ``api=OPS_API`` (health probes, metrics, the OpenAPI document) are not queue API
 routes: their handlers are :class:`burrow.api.ops.OpsApi`'s. What authentication asks of a
 request on each route is the route's ``access`` (see :class:`Route`): probes carry no
-credentials, so ``/health/*`` is public.
+credentials, so ``/health/*`` is public. With auth on (:class:`burrow.auth.Guard`), a
+burrow v1.0 request is checked before its handler runs (401 before 405, and before the 404
+of a path no route matches) and carries its :class:`~burrow.auth.Grant` in ``request.grant``;
+SQS requests are checked by their front ends (:class:`burrow.api.sqs_auth.Authenticator`).
 
 SQS requests go only to the routes marked ``sqs`` (``/`` and the queue URL paths
 ``/{account}/{queue}``, paths where v1.0 has no use for these methods) and are told
@@ -51,8 +54,9 @@ from burrow.api.sqs_auth import Authenticator
 from burrow.api.sqs_json import SqsJsonApi
 from burrow.api.sqs_query import SqsQueryApi
 from burrow.api.v1 import JSON, V1Api
+from burrow.auth.guard import CHALLENGE, Guard
 from burrow.core import validation
-from burrow.core.errors import BurrowError, MethodNotAllowed, NotFound
+from burrow.core.errors import BurrowError, MethodNotAllowed, NotFound, Unauthorized
 from burrow.engine import Engine
 from burrow.http.types import Request, Response
 from burrow.metrics import (
@@ -67,6 +71,7 @@ from burrow.metrics import (
     ServerGauges,
 )
 from burrow.sqs.service import SqsService
+from burrow.ui.api import UiApi
 
 log = logging.getLogger("burrow.api")
 
@@ -77,6 +82,8 @@ V1Handler = Callable[..., Awaitable[Response]]
 
 #: Route.api: whose handlers a route's are (App holds one object of each).
 V1_API, OPS_API = "v1", "ops"
+#: The web dashboard (burrow.ui.api.UiApi): its page and assets, and the JSON the page reads.
+UI_API = "ui"
 #: Route.access values (see Route).
 ACCESS = ("public", "admin", "account", "any")
 
@@ -131,7 +138,8 @@ class Route:
 
 #: Every path Burrow answers.
 ROUTES: tuple[Route, ...] = (
-    Route("/", {"GET": V1Api.versions}, sqs=True),
+    # public: the version list names no tenant, and it is the router's health check
+    Route("/", {"GET": V1Api.versions}, sqs=True, access="public"),
     Route("/v1.0", {"GET": V1Api.list_accounts, "DELETE": V1Api.delete_accounts}, access="admin"),
     Route("/v1.0/{account}", {"GET": V1Api.list_queues, "DELETE": V1Api.delete_queues}),
     Route(
@@ -153,6 +161,14 @@ ROUTES: tuple[Route, ...] = (
     Route("/health/{check}", {"GET": OpsApi.health}, sqs=True, api=OPS_API, access="public"),
     Route("/metrics", {"GET": OpsApi.metrics}, api=OPS_API, access="admin"),
     Route("/openapi.json", {"GET": OpsApi.openapi}, api=OPS_API, access="public"),
+    # The dashboard (docs/operations.md "Dashboard"): the page and its files carry no data;
+    # its JSON is read with the caller's credential. sqs: /ui/{asset} and /ui-api/{account}
+    # shadow queue URLs of their length.
+    Route("/ui", {"GET": UiApi.dashboard}, api=UI_API, access="public"),
+    Route("/ui/{asset}", {"GET": UiApi.dashboard_asset}, sqs=True, api=UI_API, access="public"),
+    Route("/ui-api", {"GET": UiApi.dashboard_overview}, api=UI_API),
+    Route("/ui-api/{account}", {"GET": UiApi.dashboard_account}, sqs=True, api=UI_API),
+    Route("/ui-api/{account}/{queue}", {"GET": UiApi.dashboard_queue}, api=UI_API),
 )
 
 # The table compiled for lookup by (number of "/"-separated parts, first segment), then by the
@@ -181,6 +197,8 @@ def error_response(error: BurrowError) -> Response:
     body = orjson.dumps({"error": error.code, "message": error.message})
     if isinstance(error, MethodNotAllowed):
         return Response(error.status, body, JSON, [("allow", error.allow)])
+    if isinstance(error, Unauthorized):
+        return Response(error.status, body, JSON, [CHALLENGE])
     return Response(error.status, body, JSON)
 
 
@@ -200,13 +218,17 @@ class App:
         self.ops = OpsApi(engine, metrics)
         #: The handler objects of Route.api names other than v1's.
         self._apis: dict[str, object] = {OPS_API: self.ops}
-        sqs, auth = SqsService(engine), Authenticator(settings)
+        #: The credentials check; None when auth is off (then a request costs one ``is None``).
+        #: Loading them sets the engine's quotas (CredentialsError for a file that cannot be used).
+        self.guard = Guard.from_settings(settings, engine.set_quotas)
+        sqs, auth = SqsService(engine), Authenticator(settings, self.guard)
         self.sqs_json = SqsJsonApi(sqs, auth, metrics)
         self.sqs_query = SqsQueryApi(sqs, auth, metrics)
+        self._apis[UI_API] = UiApi(engine, sqs)  # shares the SQS queue registry (its cache)
         #: Each handler's counters (None: no handler matched), made now so that a request
         #: only looks them up.
         self._stats: dict[V1Handler | None, OpStats] = {
-            handler: metrics.op(OPS if route.ops else V1, handler.__name__)
+            handler: metrics.op(V1 if route.api == V1_API else OPS, handler.__name__)
             for route in ROUTES
             for handler in route.methods.values()
         }
@@ -232,12 +254,18 @@ class App:
             n = len(parts)
             route = None if n < 2 or parts[0] else _BY_FIRST.get((n, parts[1])) or _BY_PARTS.get(n)
             if route is None:
+                if self.guard is not None:  # 401 before 404: no path is learned without a credential
+                    self.guard.grant(request)
                 raise NotFound(f"no such path {request.path[:200]!r}; the API lives under /v1.0")
             if route.sqs:
                 protocol = sqs_markers(request)
                 if protocol is not None:  # the SQS front ends count their requests by action
                     return await (self.sqs_json if protocol == "json" else self.sqs_query)(request)
-            handler = route.methods.get(request.method) or _pick(route, request)
+            handler = route.methods.get(request.method)
+            if self.guard is not None:
+                request.grant = self.guard.check(request, route, parts)
+            if handler is None:
+                _pick(route, request)
             api = self.v1 if route.api == V1_API else self._apis[route.api]
             params = route.params
             if not params:

@@ -1,17 +1,22 @@
 """Who sends an SQS request: the SigV4 ``Authorization`` header, verified or not.
 
-* The credential's access key *is* the Burrow account. A request with no
-  ``Authorization`` header uses ``Settings.sqs_default_account``.
+* With auth off (no ``--credentials`` file, no ``--sqs-credentials``: the default, for
+  local use) any signature is accepted unchecked, like ElasticMQ and moto, whatever
+  region and service its scope names; the access key *is* the Burrow account, a request
+  with no ``Authorization`` header uses ``Settings.sqs_default_account``, and a QueueUrl
+  may name any account.
+* With auth on (:func:`burrow.auth.auth_on`: either setting, even when only burrow v1.0
+  tokens are configured) every request must be signed with a configured key (the
+  ``sqs_keys`` of the credentials file, or ``--sqs-credentials``; InvalidClientTokenId
+  otherwise), for this region and the ``sqs`` service; the signature must match
+  (SignatureDoesNotMatch for all three, 403) and ``X-Amz-Date`` must be within 15 minutes
+  of the server clock. The key acts as its account (a ``--sqs-credentials`` key as the
+  account of its own name), and a caller reaches only that account (AccessDenied otherwise).
+  Signatures are compared with :func:`hmac.compare_digest`, in constant time; keys are read
+  from the :class:`~burrow.auth.Guard`'s credentials at each request, so a reload (SIGHUP)
+  takes effect at once.
 * The server is one region, ``Settings.region``: every Caller carries it, so ARNs
   always name it, whatever region a request was signed for.
-* With ``Settings.sqs_credentials`` empty (the default, for local use) any signature
-  is accepted unchecked, like ElasticMQ and moto, whatever region and service its
-  scope names, and a QueueUrl may name any account.
-* With credentials configured, every request must be signed with a configured key
-  (InvalidClientTokenId otherwise), for this region and the ``sqs`` service, the
-  signature must match (SignatureDoesNotMatch for all three, 403) and ``X-Amz-Date``
-  must be within 15 minutes of the server clock; a caller then reaches only its own
-  account (AccessDenied otherwise).
 
 The canonical request follows the SigV4 rules as botocore applies them: the
 already-encoded path is encoded once more, query pairs are sorted.
@@ -27,6 +32,7 @@ import time
 from collections.abc import Mapping
 from urllib.parse import quote, unquote
 
+from burrow.auth.guard import Guard
 from burrow.config import Settings
 from burrow.http.types import Request
 from burrow.sqs.errors import SqsError
@@ -40,15 +46,6 @@ _AUTH = re.compile(
 _ACCESS_KEY = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 #: Largest clock difference accepted for X-Amz-Date (seconds), as AWS.
 MAX_SKEW = 900
-
-
-def parse_credentials(spec: str) -> dict[str, str]:
-    """``"AK:SECRET,AK2:SECRET2"`` -> {access key: secret}."""
-    out: dict[str, str] = {}
-    for pair in filter(None, (p.strip() for p in spec.split(","))):
-        access, _, secret = pair.partition(":")
-        out[access] = secret
-    return out
 
 
 def signed_account(headers: Mapping[str, str]) -> str | None:
@@ -69,9 +66,12 @@ def signed_account(headers: Mapping[str, str]) -> str | None:
 
 
 class Authenticator:
-    def __init__(self, settings: Settings) -> None:
-        self.secrets = parse_credentials(settings.sqs_credentials)
-        self.strict = bool(self.secrets)
+    """The SigV4 check of one server. ``guard``: the server's (shared with the burrow v1.0
+    check); None builds one from ``settings`` (None again when auth is off)."""
+
+    def __init__(self, settings: Settings, guard: Guard | None = None) -> None:
+        self.guard = guard if guard is not None else Guard.from_settings(settings)
+        self.strict = self.guard is not None
         self.default_account = settings.sqs_default_account
         self.region = settings.region
         self.fallback_host = f"{settings.host}:{settings.port}"
@@ -119,13 +119,16 @@ class Authenticator:
                 "IncompleteSignature", "Credential must be <key>/<date>/<region>/sqs/aws4_request."
             )
         if self.strict:
-            self._verify(request, match, scope, now)
-        return Caller(access, self.region, host, self.strict)
+            return Caller(self._verify(request, match, scope, now), self.region, host, True)
+        return Caller(access, self.region, host, False)
 
-    def _verify(self, request: Request, match: re.Match[str], scope: list[str], now: float) -> None:
-        secret = self.secrets.get(scope[0])
-        if secret is None:
+    def _verify(self, request: Request, match: re.Match[str], scope: list[str], now: float) -> str:
+        """The account of a verified request (SqsError if it is not)."""
+        assert self.guard is not None
+        found = self.guard.credentials.sqs_keys.get(scope[0])
+        if found is None:
             raise SqsError("InvalidClientTokenId", "The security token included in the request is invalid.")
+        secret, account = found
         if scope[2] != self.region:
             raise SqsError(
                 "SignatureDoesNotMatch",
@@ -182,6 +185,7 @@ class Authenticator:
                 "The request signature we calculated does not match the"
                 " signature you provided. Check your AWS Secret Access Key and signing method.",
             )
+        return account
 
 
 def _canonical_query(query: str) -> str:

@@ -20,7 +20,7 @@ from burrow.core.errors import BurrowError
 from burrow.http.types import Request, Response
 from burrow.metrics import CANCELLED, SQS, UNMATCHED, Metrics, OpStats
 from burrow.sqs.actions import ACTIONS, run
-from burrow.sqs.errors import SqsError
+from burrow.sqs.errors import SqsError, from_burrow
 from burrow.sqs.model import new_id
 from burrow.sqs.service import SqsService
 
@@ -31,8 +31,8 @@ _PREFIX = "AmazonSQS."
 
 
 def storage_error(error: BurrowError) -> SqsError:
-    """A store failure as the SQS error a client retries on."""
-    return SqsError("ServiceUnavailable", f"The service is unavailable: {error.message}")
+    """A store failure as the SQS error a client retries on (a quota: see ``from_burrow``)."""
+    return from_burrow(error)
 
 
 def sqs_stats(metrics: Metrics) -> dict[str, OpStats]:

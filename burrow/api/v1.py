@@ -16,7 +16,7 @@ from urllib.parse import quote, unquote_plus
 import orjson
 
 from burrow.core import validation
-from burrow.core.errors import BadRequest, NotFound
+from burrow.core.errors import BadRequest, NotFound, QuotaExceeded
 from burrow.core.model import ALL, Detail, Filter, Message, new_filter, remaining
 from burrow.engine import Engine
 from burrow.http.types import Request, Response
@@ -285,6 +285,12 @@ def _message(m: Message, detail: Detail, now: float) -> Response:
     return NO_CONTENT
 
 
+def _over_quota(error: QuotaExceeded) -> Response:
+    """A quota refusal: the error body of every error, plus ``Retry-After``."""
+    body = orjson.dumps({"error": error.code, "message": error.message})
+    return Response(error.status, body, JSON, [("retry-after", str(error.retry_after))])
+
+
 def _where(account: str, queue: str) -> str:
     return f"queue {queue!r} of account {account!r}"
 
@@ -367,7 +373,10 @@ class V1Api:
     async def get_messages(self, request: Request, account: str, queue: str) -> Response:
         p = self._params(request, LIST_MESSAGES)
         detail, filter, wait = p.detail(Detail.ALL), p.filter(), p.seconds("wait") or 0
-        found = await self.engine.get_messages(account, queue, filter, wait)
+        try:
+            found = await self.engine.get_messages(account, queue, filter, wait)
+        except QuotaExceeded as error:  # the waiters quota
+            return _over_quota(error)
         if not found:
             raise NotFound(f"no matching messages in {_where(account, queue)}")
         cut = self._cut(filter, len(found))
@@ -378,7 +387,10 @@ class V1Api:
         detail, wait = p.detail(Detail.NONE), p.seconds("wait") or 0
         filter, cap = self._capped(p.filter(), detail)
         ttl, hide = p.seconds("ttl"), p.seconds("hide")
-        found = await self.engine.update_messages(account, queue, filter, ttl, hide, wait)
+        try:
+            found = await self.engine.update_messages(account, queue, filter, ttl, hide, wait)
+        except QuotaExceeded as error:  # the waiters quota
+            return _over_quota(error)
         if 0 < cap <= len(found):  # the budget may have left matches out: continue after the last
             return self._found(found, detail, account, queue, _truncated(found[-1].id))
         return self._found(found, detail, account, queue)
@@ -387,7 +399,10 @@ class V1Api:
         p = self._params(request, LIST_MESSAGES)
         detail, wait = p.detail(Detail.NONE), p.seconds("wait") or 0
         filter, cap = self._capped(p.filter(), detail)
-        found = await self.engine.delete_messages(account, queue, filter, wait)
+        try:
+            found = await self.engine.delete_messages(account, queue, filter, wait)
+        except QuotaExceeded as error:  # the waiters quota
+            return _over_quota(error)
         if 0 < cap <= len(found):  # the budget may have left matches out: repeat the request
             return self._found(found, detail, account, queue, _truncated(None))
         return self._found(found, detail, account, queue)
@@ -432,7 +447,10 @@ class V1Api:
     async def put_message(self, request: Request, account: str, queue: str, message: str) -> Response:
         p = self._params(request, PUT_MESSAGE)
         ttl, hide = p.seconds("ttl"), p.seconds("hide")
-        created = await self.engine.put_message(account, queue, message, request.body, ttl, hide)
+        try:
+            created = await self.engine.put_message(account, queue, message, request.body, ttl, hide)
+        except QuotaExceeded as error:
+            return _over_quota(error)
         return CREATED if created else NO_CONTENT
 
     async def update_message(self, request: Request, account: str, queue: str, message: str) -> Response:

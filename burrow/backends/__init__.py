@@ -5,8 +5,12 @@
 
 from __future__ import annotations
 
+import logging
+
 from burrow.backends.base import Backend
 from burrow.config import Settings
+
+log = logging.getLogger("burrow.backends")
 
 
 def open_backend(url: str, settings: Settings) -> Backend:
@@ -17,9 +21,21 @@ def open_backend(url: str, settings: Settings) -> Backend:
             f"backend must be a URL like memory://, sqlite:///path.db or redis://host:6379/0, got {url!r}"
         )
     if scheme == "memory":
-        from burrow.backends.memory import MemoryBackend
+        from burrow.backends.memory import MemoryBackend, default_max_memory
 
-        return MemoryBackend()
+        budget = settings.max_memory
+        if budget:
+            log.info("memory store: --max-memory %d bytes (%.1f MiB)", budget, budget / 2**20)
+        else:
+            budget = default_max_memory(settings.workers)
+            log.info(
+                "memory store: --max-memory %d bytes (%.1f MiB), a quarter of physical memory%s;"
+                " creates past it get 507",
+                budget,
+                budget / 2**20,
+                f" shared by {settings.workers} workers" if settings.workers > 1 else "",
+            )
+        return MemoryBackend(budget)
     if scheme == "sqlite":
         try:
             from burrow.backends.sqlite import SQLiteBackend

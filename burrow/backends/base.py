@@ -49,6 +49,7 @@ from abc import ABC, abstractmethod
 
 from burrow.core.model import Counts, Filter, Message, Sent, Update
 from burrow.notify import Notifier
+from burrow.quotas import Usage
 
 
 class Backend(ABC):
@@ -56,6 +57,10 @@ class Backend(ABC):
 
     #: The URL scheme this backend was opened from, for logs.
     url: str = ""
+    #: Messages :meth:`clean` removed because their ``ttl`` ran out, since this backend was
+    #: made (in this process; the metric ``burrow_messages_expired``). Deletes, purges and
+    #: replacements are not counted.
+    expired: int = 0
 
     async def open(self) -> None:
         """Prepare the store (create schema, recover state). Called once before use."""
@@ -269,6 +274,22 @@ class Backend(ABC):
         pair may be reported up to one pass late (at ``now`` of the next call), never
         missed while its message is still hidden-then-visible and unexpired.
         """
+
+    async def usage(self, account: str, now: float, with_bytes: bool = False) -> Usage:
+        """What ``account`` holds, for its quotas: queue names (holding messages or with queue
+        metadata), stored messages and, with ``with_bytes``, their bodies' bytes.
+
+        Expired messages not yet cleaned may be counted. Backends answer without reading
+        message bodies where they can; this default reads every message (any backend).
+        """
+        queues = set(await self.list_queues(account, Filter(), now))
+        found = Usage(queues | {name for name, _ in await self.list_queue_meta(account)})
+        for queue in queues:
+            messages = await self.get_messages(account, queue, Filter(match_hidden=True), now)
+            found.messages += len(messages)
+            if with_bytes:
+                found.bytes += sum(len(m.body) for m in messages)
+        return found
 
     async def count_messages(self) -> int:
         """Total stored messages (expired but not yet cleaned included); for stats and tests."""

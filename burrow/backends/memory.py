@@ -27,6 +27,7 @@ name one).
 from __future__ import annotations
 
 import heapq
+import os
 from bisect import bisect_right, insort
 from collections.abc import Mapping
 
@@ -36,6 +37,7 @@ from burrow.backends.memory_arena import (
     F64,
     FAR,
     MAX_ID_BYTES,
+    MESSAGE_COST,
     NO_EXTRA,
     OFF_BITS,
     OFF_MASK,
@@ -45,7 +47,9 @@ from burrow.backends.memory_arena import (
 )
 from burrow.backends.memory_index import M64
 from burrow.backends.memory_queue import QueueStore
+from burrow.core.errors import InsufficientStorage
 from burrow.core.model import Counts, Filter, Message, Sent, Update
+from burrow.quotas import Usage
 
 #: At most about this many expired records are deleted per cleaner pass (well under
 #: 0.1 s of work); the rest wait for the next pass. Expired records are invisible
@@ -55,6 +59,23 @@ CLEAN_BUDGET = 20_000
 #: The cleaner's report keeps hide deadlines this many seconds past the start of its
 #: window, so a caller looking back a little further than its last pass still sees them.
 UNHIDE_KEEP = 120.0
+#: What ``--max-memory`` counts for a queue's metadata beside its name and bytes, and for
+#: one FIFO deduplication record (dict entries, the tuple, the key and the id).
+META_COST = 256
+DEDUP_COST = 256
+
+
+def default_max_memory(workers: int = 1) -> int:
+    """``--max-memory`` when it is not set: a quarter of physical memory, shared by the
+    ``workers`` processes that each own a memory store, and at least 64 MiB each (a machine
+    whose size cannot be read counts as 1 GiB)."""
+    try:
+        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        physical = -1
+    if physical <= 0:
+        physical = 1 << 30
+    return max(64 << 20, physical // 4 // max(1, workers))
 
 
 class FifoState:
@@ -73,7 +94,10 @@ class MemoryBackend(Backend):
 
     url = "memory://"
 
-    def __init__(self) -> None:
+    def __init__(self, max_bytes: int = 0) -> None:
+        #: ``--max-memory``: a create that would take the stored bytes (``stored``) past it is
+        #: refused with 507; 0 = no limit.
+        self.max_bytes = max_bytes
         self._accounts: dict[str, dict[str, QueueStore]] = {}
         self._schedule = Schedule()
         #: Candidates for the cleaner's report: second -> the (account, queue) pairs that got
@@ -87,6 +111,19 @@ class MemoryBackend(Backend):
         #: When deduplication records run out: second -> (account, queue, key), heap-ordered.
         self._dedup_due: dict[int, list[tuple[str, str, str]]] = {}
         self._dedup_heap: list[int] = []
+
+    @property
+    def stored(self) -> int:
+        """Bytes stored as ``--max-memory`` counts them: every message's id, meta and body
+        plus MESSAGE_COST, every queue's QUEUE_COST, queue metadata and dedup records."""
+        return self._schedule.stored
+
+    def _full(self, needed: int) -> InsufficientStorage:
+        return InsufficientStorage(
+            f"insufficient storage: the memory store holds {self._schedule.stored} bytes and this"
+            f" write needs {needed} more, over its --max-memory budget of {self.max_bytes} bytes;"
+            " reads, takes, deletes and expiry still work and make room"
+        )
 
     # -- helpers ----------------------------------------------------------------
     @staticmethod
@@ -236,6 +273,10 @@ class MemoryBackend(Backend):
         idb = message.encode("utf-8", "surrogatepass")
         if len(idb) > MAX_ID_BYTES:
             raise ValueError(f"message id longer than {MAX_ID_BYTES} bytes")
+        if self.max_bytes:
+            needed = len(idb) + len(meta) + len(body) + MESSAGE_COST
+            if self._schedule.stored + needed > self.max_bytes:
+                raise self._full(needed)
         queues = self._accounts.get(account)
         if queues is None:
             queues = self._accounts[account] = {}
@@ -367,11 +408,17 @@ class MemoryBackend(Backend):
             raise ValueError(f"message id longer than {MAX_ID_BYTES} bytes")
         if len(group.encode("utf-8", "surrogatepass")) > 0xFFFF:
             raise ValueError("message group longer than 65535 bytes")
+        if self.max_bytes:
+            needed = len(idb) + len(meta) + len(body) + len(group) + MESSAGE_COST + DEDUP_COST
+            if self._schedule.stored + needed > self.max_bytes:
+                raise self._full(needed)
         q = self._store(account, queue)
         sequence = state.counter + 1
         q.append(idb, expires, hidden_until, meta, body, now, 0, 0.0, group, sequence)
         state.counter = sequence
         if dedup is not None and dedup_until > now:
+            if dedup not in state.dedup:
+                self._schedule.stored += DEDUP_COST
             state.dedup[dedup] = (message, sequence, dedup_until)
             self._dedup_at(int(dedup_until) if dedup_until < FAR else 1 << 52, account, queue, dedup)
         if hidden_until > 0:
@@ -438,6 +485,7 @@ class MemoryBackend(Backend):
         return None if metas is None else metas.get(queue)
 
     async def set_queue_meta(self, account: str, queue: str, meta: bytes | None) -> None:
+        self._check_meta(account, queue, meta)
         self._set_meta(account, queue, meta)
 
     async def swap_queue_meta(
@@ -446,19 +494,39 @@ class MemoryBackend(Backend):
         metas = self._queue_meta.get(account)
         if (None if metas is None else metas.get(queue)) != expect:
             return False
+        self._check_meta(account, queue, meta)
         self._set_meta(account, queue, meta)
         return True
 
+    @staticmethod
+    def _meta_cost(queue: str, meta: bytes | None) -> int:
+        return 0 if meta is None else len(queue) + len(meta) + META_COST
+
+    def _check_meta(self, account: str, queue: str, meta: bytes | None) -> None:
+        """Refuse metadata that grows the store past ``max_bytes`` (removing and shrinking pass)."""
+        if not self.max_bytes or meta is None:
+            return
+        metas = self._queue_meta.get(account)
+        grown = self._meta_cost(queue, meta) - self._meta_cost(
+            queue, None if metas is None else metas.get(queue)
+        )
+        if grown > 0 and self._schedule.stored + grown > self.max_bytes:
+            raise self._full(grown)
+
     def _set_meta(self, account: str, queue: str, meta: bytes | None) -> None:
+        metas = self._queue_meta.get(account)
+        self._schedule.stored -= self._meta_cost(queue, None if metas is None else metas.get(queue))
         if meta is None:
-            self._fifo.pop((account, queue), None)  # the FIFO state goes with the metadata
-            metas = self._queue_meta.get(account)
+            state = self._fifo.pop((account, queue), None)  # the FIFO state goes with the metadata
+            if state is not None:
+                self._schedule.stored -= DEDUP_COST * len(state.dedup)
             if metas is not None:
                 metas.pop(queue, None)
                 if not metas:
                     del self._queue_meta[account]
         else:
             self._queue_meta.setdefault(account, {})[queue] = meta
+            self._schedule.stored += self._meta_cost(queue, meta)
 
     async def list_queue_meta(self, account: str) -> list[tuple[str, bytes]]:
         return list(self._queue_meta.get(account, {}).items())
@@ -485,6 +553,7 @@ class MemoryBackend(Backend):
         for q in touched:
             self._drop_if_empty(q)
         self._clean_dedup(now, now_second)
+        self.expired = schedule.expired  # counted where records die (fire, and compaction)
         return self._woken(now, since)
 
     def _clean_dedup(self, now: float, now_second: int) -> None:
@@ -504,6 +573,7 @@ class MemoryBackend(Backend):
                     continue  # the FIFO state went with its metadata, or the key was renewed
                 if record[2] <= now:
                     del state.dedup[entry[2]]
+                    self._schedule.stored -= DEDUP_COST
                 elif int(record[2]) == second:  # later in this very second: the next pass
                     later.append(entry)
             if entries or later:  # out of budget, or only later records left in this second
@@ -535,6 +605,15 @@ class MemoryBackend(Backend):
                 elif key not in woken and q.hidden_between(since, now):
                     woken[key] = None
         return list(woken)
+
+    async def usage(self, account: str, now: float, with_bytes: bool = False) -> Usage:
+        """From the queues' own tallies: O(queues), whatever they hold."""
+        queues = self._accounts.get(account) or {}
+        found = Usage(set(queues) | set(self._queue_meta.get(account) or ()))
+        for q in queues.values():
+            found.messages += q.live
+            found.bytes += q.bodies
+        return found
 
     async def count_messages(self) -> int:
         return sum(q.live for queues in self._accounts.values() for q in queues.values())

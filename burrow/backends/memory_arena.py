@@ -79,6 +79,12 @@ MAX_ID_BYTES = 16384
 DELTA_MAX = (1 << (32 - OFF_BITS)) - 1
 #: Deadlines beyond this are "far" (no int conversion of huge floats).
 FAR = float(1 << 52)
+#: What ``--max-memory`` counts for a message beside its id, meta and body: its header (23),
+#: padding (2 on average), its index slot and ledger entries (about 9); with them a 16-byte
+#: id and a 100-byte body come to the ~150 bytes ``benchmarks/memory_footprint.py`` measures.
+MESSAGE_COST = 34
+#: What it counts for a queue (its QueueStore, index and first segment), while it exists.
+QUEUE_COST = 2048
 
 
 PACKERS: dict[tuple[int, int, int], struct.Struct] = {}
@@ -170,13 +176,18 @@ class Schedule:
     that one queue's due records first, and skip it outright when nothing is due.
     """
 
-    __slots__ = ("buckets", "deferred", "firing", "heap")
+    __slots__ = ("buckets", "deferred", "expired", "firing", "heap", "stored")
 
     def __init__(self) -> None:
         self.buckets: dict[int, dict[Segment, None]] = {}
         self.heap: list[int] = []
         self.firing = -1
         self.deferred: list[Segment] = []
+        #: The one object every queue of a backend shares, so it also keeps the backend-wide
+        #: tallies: bytes stored (what ``--max-memory`` counts: see QueueStore.cost) and
+        #: records deleted because they expired.
+        self.stored = 0
+        self.expired = 0
 
     def move(self, seg: Segment, second: int) -> None:
         """Schedule ``seg`` at ``second``, instead of wherever it was scheduled."""

@@ -54,11 +54,13 @@ from burrow.backends.memory_arena import (
     LEN_AT,
     LIVE,
     MAX_SLOTS,
+    MESSAGE_COST,
     MONO,
     NO_EXTRA,
     OFF_BITS,
     OFF_MASK,
     PACKERS,
+    QUEUE_COST,
     REC,
     SEG_MAX,
     SEG_MIN,
@@ -90,6 +92,8 @@ class QueueStore:
         "account",
         "big",
         "big_next",
+        "bodies",
+        "cost",
         "cur_off",
         "cur_seg",
         "cur_until",
@@ -138,6 +142,13 @@ class QueueStore:
         self.hidden = (Deadlines(), Deadlines())
         #: The group index, built when the first grouped message arrives.
         self.groups: Groups | None = None
+        #: What the queue costs towards ``--max-memory``: QUEUE_COST, plus each live record's
+        #: id, meta and body (in line or out) and MESSAGE_COST; kept by every write that adds,
+        #: removes or resizes a record, and added to the backend-wide ``schedule.stored``.
+        #: ``bodies``: the live records' body bytes (an account's usage, for its quotas).
+        self.cost = QUEUE_COST
+        self.bodies = 0
+        schedule.stored += QUEUE_COST
 
     # -- reading ------------------------------------------------------------------
     def at(self, loc: int) -> Position:
@@ -247,6 +258,10 @@ class QueueStore:
         seg.used = off + size
         seg.live += 1
         self.live += 1
+        n = ilen + payload + MESSAGE_COST
+        self.cost += n
+        self.bodies += blen
+        self.schedule.stored += n
         if not flags & MONO and expires > 0:
             self._register(seg, off, expires)
         if hidden > 0 or extra or self.groups is not None:
@@ -276,8 +291,14 @@ class QueueStore:
         n = -1
         if old_hidden > 0 or flags & EXTRA or groups is not None:
             n = self._track_gone(buf, off, flags, old_expires, old_hidden, ilen, mid)
+        old_mlen, old_blen = mlen, blen
         if flags & FORWARD:
-            del self.big[U32.unpack_from(buf, off + HEADER + ilen)[0]]
+            old_meta, old_body = self.big.pop(U32.unpack_from(buf, off + HEADER + ilen)[0])
+            old_mlen, old_blen = len(old_meta), len(old_body)
+        grown = len(meta) + len(body) - old_mlen - old_blen
+        self.cost += grown
+        self.bodies += len(body) - old_blen
+        self.schedule.stored += grown
         flags = self._redated(seg, off, flags & ~(FORWARD | EXTRA) | extra, old_expires, expires)
         seg.waste += self._write(buf, off, extent(ilen, mlen + blen), flags, idb, expires, hidden, meta, body)
         self._unhidden(seg, off, hidden)
@@ -323,11 +344,15 @@ class QueueStore:
             idb = bytes(buf[p : p + ilen])
             if flags & FORWARD:
                 raw, body = self.big.pop(U32.unpack_from(buf, p + ilen)[0])
+                old_mlen = len(raw)
             else:
                 raw = bytes(buf[p + ilen : p + ilen + mlen]) if flags & EXTRA else b""
                 body = bytes(buf[p + ilen + mlen : p + ilen + mlen + blen])
+                old_mlen = mlen
             if flags & EXTRA:  # keep the per-message data in front of the new meta
                 meta = raw[: XS_SIZE + XS.unpack_from(raw)[3]] + meta
+            self.cost += len(meta) - old_mlen
+            self.schedule.stored += len(meta) - old_mlen
             room = extent(ilen, mlen + blen)
             flags &= ~FORWARD
             seg.waste += self._write(buf, off, room, flags, idb, expires_now, hidden_now, meta, body)
@@ -355,10 +380,15 @@ class QueueStore:
             self._track_gone(buf, off, flags, expires, hidden, ilen, mid)
         elif hidden > 0:  # a plain record: never claimed
             self.hidden[0].remove(hidden)
-        if flags & FORWARD:
-            del self.big[U32.unpack_from(buf, off + HEADER + ilen)[0]]
         payload = mlen + blen
         size = (HEADER + ilen + (payload if payload > 4 else 4) + 3) & ~3
+        if flags & FORWARD:
+            old_meta, old_body = self.big.pop(U32.unpack_from(buf, off + HEADER + ilen)[0])
+            mlen, blen = len(old_meta), len(old_body)
+        n = ilen + mlen + blen + MESSAGE_COST
+        self.cost -= n
+        self.bodies -= blen
+        self.schedule.stored -= n
         FILL.pack_into(buf, off, FILLER, size)
         seg.live -= 1
         seg.waste += size
@@ -429,6 +459,8 @@ class QueueStore:
                 receives, first, sequence, glen, rest = 0, 0.0, 0, 0, raw
             group = rest[:glen].decode("utf-8", "surrogatepass")
             meta = XS.pack(receives + 1, first if receives else now, sequence, glen) + rest
+            self.cost += len(meta) - len(raw)
+            self.schedule.stored += len(meta) - len(raw)
             idb = bytes(buf[off + HEADER : p])
             room = extent(ilen, mlen + blen)
             flags = flags & ~FORWARD | EXTRA
@@ -759,6 +791,7 @@ class QueueStore:
                 size = extent(ilen, mlen + blen)
                 if 0 < expires <= now:
                     self.kill(seg, off)
+                    self.schedule.expired += 1
                 else:
                     moved.append((bytes(buf[off + ID_AT : off + ID_AT + ilen]), len(packed), expires))
                     packed += buf[off : off + size]
@@ -821,6 +854,8 @@ class QueueStore:
         self.free.clear()
         self.big.clear()
         self.groups = None
+        self.schedule.stored -= self.cost
+        self.cost = self.bodies = 0
 
     # -- expiry -------------------------------------------------------------------
     def _register(self, seg: Segment, off: int, expires: float) -> None:
@@ -862,6 +897,7 @@ class QueueStore:
             killed += self._fire_wheel(seg, now)
         seg.due = -1
         self._schedule(seg)
+        self.schedule.expired += killed
         return killed
 
     def _fire_mono(self, seg: Segment, now: float) -> int:

@@ -55,9 +55,12 @@ class AsyncClient:
         timeout: float | None = 30.0,
         connect_timeout: float = 10.0,
         max_connections: int = DEFAULT_SIZE,
+        token: str | None = None,
     ) -> None:
         self.servers = Servers(url, subset_size)
-        self.pools = {s: AsyncPool(s, max_connections, timeout, connect_timeout) for s in self.servers.all}
+        self.pools = {
+            s: AsyncPool(s, max_connections, timeout, connect_timeout, token) for s in self.servers.all
+        }
 
     def queue(self, account: str, name: str) -> AsyncQueue:
         return AsyncQueue(self, account, name)

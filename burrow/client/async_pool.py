@@ -16,9 +16,14 @@ class AsyncPool(Server):
     """Keep-alive connections to one server, for the event loop the client is used on."""
 
     def __init__(
-        self, url: str, size: int = DEFAULT_SIZE, timeout: float | None = 30.0, connect_timeout: float = 10.0
+        self,
+        url: str,
+        size: int = DEFAULT_SIZE,
+        timeout: float | None = 30.0,
+        connect_timeout: float = 10.0,
+        token: str | None = None,
     ) -> None:
-        super().__init__(url, size, timeout, connect_timeout)
+        super().__init__(url, size, timeout, connect_timeout, token)
         self._slots = asyncio.Semaphore(size)
         self._busy = 0
         self._idle: list[Connection] = []

@@ -79,6 +79,11 @@ def _parser(typed: str, command: str) -> argparse.ArgumentParser:
         parser.add_argument(
             "--account", default=os.environ.get("BURROW_ACCOUNT"), help="account [default: $BURROW_ACCOUNT]"
         )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("BURROW_TOKEN"),
+        help="token for a server with auth on (sent as Authorization: Bearer) [default: $BURROW_TOKEN]",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON lines (one object per item)")
     parser.add_argument(
         "--timeout", type=float, default=30.0, help="seconds to wait for a response (plus --wait)"
@@ -437,7 +442,7 @@ def main(command: str, args: list[str]) -> int:
             opts.__dict__.setdefault(name, value)
         opts.typed = command
         out = Output(opts.json, sys.stdout)
-        with Client(opts.url, subset_size=opts.subset_size, timeout=opts.timeout) as client:
+        with Client(opts.url, subset_size=opts.subset_size, timeout=opts.timeout, token=opts.token) as client:
             status = _COMMANDS[base](client, opts, out)
         sys.stdout.flush()
         return status

@@ -44,7 +44,9 @@ DEFAULT_SIZE: Final = 10
 class Server:
     """What both pools know of their server: address, ``Host`` header, path prefix, limits."""
 
-    def __init__(self, url: str, size: int, timeout: float | None, connect_timeout: float) -> None:
+    def __init__(
+        self, url: str, size: int, timeout: float | None, connect_timeout: float, token: str | None = None
+    ) -> None:
         if size < 1:
             raise ValueError(f"max_connections must be at least 1, got {size}")
         parts = urlsplit(url)
@@ -54,12 +56,16 @@ class Server:
         self.prefix = parts.path.rstrip("/")
         self.authority = f"{self.host}:{self.port}" if ":" not in self.host else f"[{self.host}]:{self.port}"
         self.size, self.timeout, self.connect_timeout = size, timeout, connect_timeout
+        #: Sent with every request: the v1.0 token (``Authorization: Bearer``), if any.
+        self.headers = [("Authorization", f"Bearer {token}")] if token else None
         #: Connections opened so far (pooling keeps this low; tests and stats read it).
         self.opened = 0
         self.closed = False
 
     def encode(self, request: Request) -> bytes:
-        return encode_request(request.method, self.prefix + request.target, request.body, host=self.authority)
+        return encode_request(
+            request.method, self.prefix + request.target, request.body, self.headers, host=self.authority
+        )
 
     def read_timeout(self, request: Request) -> float | None:
         return None if self.timeout is None else self.timeout + request.wait
@@ -122,9 +128,14 @@ class SyncPool(Server):
     """Keep-alive connections to one server, shared by any number of threads."""
 
     def __init__(
-        self, url: str, size: int = DEFAULT_SIZE, timeout: float | None = 30.0, connect_timeout: float = 10.0
+        self,
+        url: str,
+        size: int = DEFAULT_SIZE,
+        timeout: float | None = 30.0,
+        connect_timeout: float = 10.0,
+        token: str | None = None,
     ) -> None:
-        super().__init__(url, size, timeout, connect_timeout)
+        super().__init__(url, size, timeout, connect_timeout, token)
         self._slots = _Slots(size)
         self._idle: deque[SyncConnection] = deque()  # append and pop are atomic: no lock needed
         self._lock = threading.Lock()

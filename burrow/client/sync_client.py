@@ -56,7 +56,8 @@ class Client:
 
     ``timeout``: seconds to wait for a response (a long poll's ``wait`` is added);
     ``connect_timeout``: seconds to connect, or to wait for a free connection when all
-    ``max_connections`` of a server are in use.
+    ``max_connections`` of a server are in use; ``token``: sent as ``Authorization: Bearer``
+    with every request (servers with auth on, docs/operations.md "Auth and tenants").
     """
 
     def __init__(
@@ -67,9 +68,12 @@ class Client:
         timeout: float | None = 30.0,
         connect_timeout: float = 10.0,
         max_connections: int = DEFAULT_SIZE,
+        token: str | None = None,
     ) -> None:
         self.servers = Servers(url, subset_size)
-        self.pools = {s: SyncPool(s, max_connections, timeout, connect_timeout) for s in self.servers.all}
+        self.pools = {
+            s: SyncPool(s, max_connections, timeout, connect_timeout, token) for s in self.servers.all
+        }
 
     def queue(self, account: str, name: str) -> Queue:
         return Queue(self, account, name)

@@ -26,6 +26,21 @@ class BadRequest(BurrowError):
     code = "bad_request"
 
 
+class Unauthorized(BurrowError):
+    """Auth is on and the request carries no valid credential (answered with
+    ``WWW-Authenticate: Bearer realm="burrow"``)."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(BurrowError):
+    """A valid credential that does not allow this: another account's, or a read-only one on a write."""
+
+    status = 403
+    code = "forbidden"
+
+
 class NotFound(BurrowError):
     """Nothing matched: no such account, queue or message, or no visible message."""
 
@@ -56,6 +71,22 @@ class InsufficientStorage(StorageUnavailable):
 
     status = 507
     code = "insufficient_storage"
+
+
+class QuotaExceeded(BurrowError):
+    """A write, or a long poll, over one of the account's quotas (:mod:`burrow.quotas`): refused,
+    nothing changed. Answered 429 with ``Retry-After``: it succeeds once the account's usage
+    drops (deletes, expiry, polls ending). ``quota`` names which: queues, messages, bytes or
+    waiters."""
+
+    status = 429
+    code = "quota_exceeded"
+
+    def __init__(self, message: str, quota: str = "", retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.quota = quota
+        #: Seconds for ``Retry-After``: when the engine looks at the account's usage again.
+        self.retry_after = retry_after
 
 
 # -- The HTTP layer's own refusals: answered before any handler runs (or instead of one), after
@@ -149,10 +180,13 @@ WRONG_HOST = BadRequest("the request target names another host than the Host hea
 
 _ALL: tuple[type[BurrowError], ...] = (
     BadRequest,
+    Unauthorized,
+    Forbidden,
     NotFound,
     MethodNotAllowed,
     StorageUnavailable,
     InsufficientStorage,
+    QuotaExceeded,
     ServiceUnavailable,
     RequestTimeout,
     PayloadTooLarge,

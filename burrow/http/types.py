@@ -8,12 +8,16 @@ table's business.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from burrow.auth.grant import Grant
 
 
 class Request:
     """One parsed HTTP request. ``path`` is still percent-encoded; ``query`` is raw."""
 
-    __slots__ = ("method", "path", "query", "headers", "body", "peer")
+    __slots__ = ("method", "path", "query", "headers", "body", "peer", "grant")
 
     def __init__(
         self,
@@ -31,6 +35,9 @@ class Request:
         self.headers = headers if headers is not None else {}
         self.body = body
         self.peer = peer
+        #: What authentication granted (set by the route table before the handler runs); None
+        #: when auth is off, which means unrestricted.
+        self.grant: Grant | None = None
 
 
 class Response:

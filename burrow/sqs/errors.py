@@ -8,6 +8,8 @@ query client sees the legacy code in the XML ``<Code>``. Both come from
 
 from __future__ import annotations
 
+from burrow.core.errors import BurrowError, QuotaExceeded
+
 #: shape -> (legacy code, HTTP status). From sqs.md section 5.4.
 SHAPES: dict[str, tuple[str, int]] = {
     "QueueDoesNotExist": ("AWS.SimpleQueueService.NonExistentQueue", 400),
@@ -63,6 +65,16 @@ class SqsError(Exception):
     @property
     def fault(self) -> str:
         return "Sender" if self.sender_fault else "Receiver"
+
+
+def from_burrow(error: BurrowError) -> SqsError:
+    """An engine or store failure as the SQS error clients act on: a quota reached is
+    ``RequestThrottled`` (403; botocore retries it, in its legacy and standard modes), or
+    ``OverLimit`` for the queues quota (as AWS answers a queue limit; not retried); anything
+    else (a store failure, a storage budget reached) is ``ServiceUnavailable`` (503, retried)."""
+    if isinstance(error, QuotaExceeded):
+        return SqsError("OverLimit" if error.quota == "queues" else "RequestThrottled", error.message)
+    return SqsError("ServiceUnavailable", f"The service is unavailable: {error.message}")
 
 
 def invalid(message: str) -> SqsError:

@@ -11,9 +11,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from collections.abc import Set as AbstractSet
 from typing import Any
 
+from burrow.core.errors import InsufficientStorage, QuotaExceeded
 from burrow.sqs import validation
 from burrow.sqs.digests import md5_of_attributes, md5_of_body
-from burrow.sqs.errors import SqsError, invalid, missing
+from burrow.sqs.errors import SqsError, from_burrow, invalid, missing
 from burrow.sqs.messages import Outgoing, Received, Sent
 from burrow.sqs.model import Attribute
 from burrow.sqs.params import Caller, Params, integer, queue, required_text, strings, text
@@ -81,6 +82,8 @@ async def _batch(
             successful.append({"Id": entry["Id"], **await run(entry)})
         except SqsError as error:
             failed.append(_failure(entry["Id"], error))
+        except (QuotaExceeded, InsufficientStorage) as error:  # entries before it were stored
+            failed.append(_failure(entry["Id"], from_burrow(error)))
     return {"Successful": successful, "Failed": failed}
 
 

@@ -31,7 +31,7 @@ from burrow.sqs.params import (
     url,
 )
 from burrow.sqs.queues import Queue
-from burrow.sqs.redrive import MoveTask
+from burrow.sqs.redrive import MoveTask, task_account
 from burrow.sqs.service import SqsService
 
 Result = dict[str, Any]
@@ -359,5 +359,9 @@ async def list_message_move_tasks(sqs: SqsService, caller: Caller, p: Params) ->
 
 
 async def cancel_message_move_task(sqs: SqsService, caller: Caller, p: Params) -> Result:
-    task = await sqs.moves.cancel(required_text(p, "TaskHandle"))
+    handle = required_text(p, "TaskHandle")
+    owner = task_account(handle)
+    if owner is not None:
+        account_of(caller, owner)  # another account's task: AccessDenied, its state untold
+    task = await sqs.moves.cancel(handle)
     return {"ApproximateNumberOfMessagesMoved": task.moved}

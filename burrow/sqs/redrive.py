@@ -71,6 +71,17 @@ def _encode(tasks: list[MoveTask]) -> bytes:
     return orjson.dumps([asdict(t) for t in tasks])
 
 
+def task_account(handle: str) -> str | None:
+    """The account whose queue a task handle names (None if it names none): checked before
+    anything about the task is said, so another account's task is AccessDenied."""
+    try:
+        _, source_arn = orjson.loads(base64.urlsafe_b64decode(handle.encode("ascii")))
+        parsed = parse_arn(source_arn)
+    except (ValueError, TypeError, UnicodeError, binascii.Error):
+        return None
+    return None if parsed is None else parsed[1]
+
+
 def _not_found() -> SqsError:
     return SqsError(
         "ResourceNotFoundException",

@@ -24,6 +24,7 @@ from burrow.config import Settings
 from burrow.core.errors import StorageUnavailable
 from burrow.core.model import Counts, Filter, Message, Sent, Update
 from burrow.notify import Notifier
+from burrow.quotas import Usage
 
 #: Record layout (see ``scripts``): tag byte, seq, the deadlines stored, then the extras.
 _DOUBLE = struct.Struct("<d")
@@ -476,13 +477,22 @@ class RedisBackend(Backend):
         found: dict[tuple[str, str], None] = {}
         for _ in range(CLEAN_ROUNDS):
             reports = await asyncio.gather(*(self._run("clean", a, "", args) for a in accounts))
-            for account, (queues, _) in zip(accounts, reports, strict=True):
+            for account, (queues, _, expired) in zip(accounts, reports, strict=True):
+                self.expired += expired
                 for queue in queues:
                     found[account, decode(queue)] = None
-            accounts = [a for a, (_, more) in zip(accounts, reports, strict=True) if more]
+            accounts = [a for a, (_, more, _) in zip(accounts, reports, strict=True) if more]
             if not accounts:
                 break
         return list(found)
+
+    async def usage(self, account: str, now: float, with_bytes: bool = False) -> Usage:
+        """One function call: queue names and messages cost O(queues); ``with_bytes`` adds a pass
+        over the account's records inside Redis (so the engine asks at most once a second)."""
+        names, messages, size = await self._run(
+            "usage", account, "", (_ONE if with_bytes else _ZERO,), write=False
+        )
+        return Usage({decode(n) for n in names}, int(messages), int(size))
 
     async def count_messages(self) -> int:
         accounts = await self.list_accounts(Filter(), 0.0)

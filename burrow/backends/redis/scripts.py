@@ -801,14 +801,21 @@ end
 return {out, DELTAS}
 """,
     # One account's share of a cleaner pass. ARGV[5..]: now, since, keep, budget ->
-    # {the queues with a hide deadline in (since, now], 1 if the budget ran out (more is due)}
+    # {the queues with a hide deadline in (since, now], 1 if the budget ran out (more is due),
+    # the messages deleted because they expired}
     "clean": r"""
 local now, since, keep, budget = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local expired_ = 0
 for _, name in ipairs(RC('ZRANGEBYSCORE', A.D, '-inf', now, 'LIMIT', 0, 256)) do
   local dq = queue(A, name)
   for _, id in ipairs(RC('ZRANGEBYSCORE', dq.x, '-inf', now, 'LIMIT', 0, budget)) do
     local rec = RC('HGET', dq.d, id)
-    if rec then place(dq, id, dec(rec), nil) else RC('ZREM', dq.x, id) end
+    if rec then
+      place(dq, id, dec(rec), nil)
+      expired_ = expired_ + 1
+    else
+      RC('ZREM', dq.x, id)
+    end
     budget = budget - 1
   end
   local spent = RC('ZRANGEBYSCORE', dq.e, '-inf', now, 'LIMIT', 0, 1000)
@@ -838,7 +845,25 @@ end
 RC('ZREMRANGEBYSCORE', A.W, '-inf', '(' .. whole(lo - keep))
 A.dirty = true
 publish(A)
-return {{woken, budget <= 0 and 1 or 0}, DELTAS}
+return {{woken, budget <= 0 and 1 or 0, expired_}, DELTAS}
+""",
+    # An account's usage, for its quotas. ARGV[5]: '1' to add up body bytes (a pass over
+    # its records, in Redis) -> {queue names (with messages or metadata), messages, bytes}
+    "usage": r"""
+local names, seen, messages, size = {}, {}, 0, 0
+for _, name in ipairs(RC('ZRANGE', A.Q, 0, -1)) do
+  seen[name] = true
+  names[#names + 1] = name
+  local uq = queue(A, name)
+  messages = messages + RC('HLEN', uq.d)
+  if ARGV[5] == '1' then
+    for _, rec in ipairs(RC('HVALS', uq.d)) do size = size + #dec(rec).body end
+  end
+end
+for _, name in ipairs(RC('HKEYS', A.M)) do
+  if not seen[name] then names[#names + 1] = name end
+end
+return {{names, messages, size}, DELTAS}
 """,
     # -> the messages the account holds (expired ones not yet cleaned included)
     "size": r"""

@@ -13,8 +13,9 @@ from burrow.backends.sqlite import store as ops
 from burrow.backends.sqlite.reserve import RESERVE_BYTES, parse_size
 from burrow.backends.sqlite.writer import FSYNC_INTERVAL, STOP, SYNCHRONOUS, Op, Writer
 from burrow.config import Settings
-from burrow.core.errors import StorageUnavailable
+from burrow.core.errors import InsufficientStorage, StorageUnavailable
 from burrow.core.model import Counts, Filter, Message, Sent, Update
+from burrow.quotas import Usage
 
 T = TypeVar("T")
 
@@ -31,10 +32,15 @@ class SQLiteBackend(Backend):
         url: str = "",
         fsync_interval: float = FSYNC_INTERVAL,
         reserve_bytes: int = RESERVE_BYTES,
+        max_bytes: int = 0,
     ) -> None:
         if fsync not in SYNCHRONOUS:
             raise ValueError(f"fsync must be always, batch or never, got {fsync!r}")
         self.path = path
+        #: ``--max-disk``: a create that would take the database's used pages (its size less
+        #: its free list, ``store.used_bytes``) past this many bytes is refused with 507; 0 =
+        #: no limit but the disk's own (the reserve file and its 507, docs/operations.md).
+        self.max_bytes = max_bytes
         self.fsync = fsync
         self.url = url or ("sqlite://:memory:" if path == ":memory:" else f"sqlite:///{path}")
         self._writer = Writer(path, fsync, fsync_interval, reserve_bytes)
@@ -53,7 +59,7 @@ class SQLiteBackend(Backend):
         if scheme != "sqlite":
             raise ValueError(f"not a sqlite URL: {url!r}")
         if rest == ":memory:":
-            return cls(":memory:", settings.fsync, url, settings.fsync_interval)
+            return cls(":memory:", settings.fsync, url, settings.fsync_interval, max_bytes=settings.max_disk)
         reserve = RESERVE_BYTES
         rest, option, value = rest.partition("?reserve=")
         if option:
@@ -64,7 +70,7 @@ class SQLiteBackend(Backend):
                 f"sqlite URL must name a file: sqlite:///relative.db, sqlite:////absolute.db"
                 f" or sqlite://:memory:, got {url!r}"
             )
-        return cls(path, settings.fsync, url, settings.fsync_interval, reserve)
+        return cls(path, settings.fsync, url, settings.fsync_interval, reserve, settings.max_disk)
 
     # -- plumbing ---------------------------------------------------------------
     def observe_commits(self, callback: Callable[[int, float], None]) -> None:
@@ -176,9 +182,23 @@ class SQLiteBackend(Backend):
         now: float,
         meta: bytes = b"",
     ) -> bool:
+        if self.max_bytes:
+            needed = len(message) + len(body) + len(meta)
+            args = (self.max_bytes, needed, account, queue, message, body, expires, hidden_until, now, meta)
+            return self._within(await self._call(ops.put_within, args, True), needed)
         return await self._call(
             ops.put_message, (account, queue, message, body, expires, hidden_until, now, meta), True
         )
+
+    def _within(self, result: T | ops.OverBudget, needed: int) -> T:
+        """The result of a budgeted write, or the 507 it was refused with."""
+        if isinstance(result, ops.OverBudget):
+            raise InsufficientStorage(
+                f"insufficient storage: the database uses {result.used} bytes and this write needs"
+                f" about {needed} more, over its --max-disk budget of {self.max_bytes} bytes;"
+                " reads, takes, deletes and expiry still work and make room"
+            )
+        return result
 
     async def update_message(
         self,
@@ -226,11 +246,13 @@ class SQLiteBackend(Backend):
         dedup: str | None,
         dedup_until: float,
     ) -> Sent:
-        return await self._call(
-            ops.send_message,
-            (account, queue, message, body, expires, hidden_until, now, meta, group, dedup, dedup_until),
-            True,
-        )
+        args = (account, queue, message, body, expires, hidden_until, now, meta, group, dedup, dedup_until)
+        if self.max_bytes:
+            needed = len(message) + len(body) + len(meta) + len(group)
+            return self._within(
+                await self._call(ops.send_within, (self.max_bytes, needed, *args), True), needed
+            )
+        return await self._call(ops.send_message, args, True)
 
     async def move_message(
         self,
@@ -271,11 +293,18 @@ class SQLiteBackend(Backend):
         return await self._call(ops.get_queue_meta, (account, queue), False)
 
     async def set_queue_meta(self, account: str, queue: str, meta: bytes | None) -> None:
+        if self.max_bytes:
+            args = (self.max_bytes, False, account, queue, meta)
+            self._within(await self._call(ops.meta_within, args, True), len(meta or b""))
+            return
         await self._call(ops.set_queue_meta, (account, queue, meta), True)
 
     async def swap_queue_meta(
         self, account: str, queue: str, expect: bytes | None, meta: bytes | None
     ) -> bool:
+        if self.max_bytes:
+            args = (self.max_bytes, True, account, queue, expect, meta)
+            return bool(self._within(await self._call(ops.meta_within, args, True), len(meta or b"")))
         return await self._call(ops.swap_queue_meta, (account, queue, expect, meta), True)
 
     async def list_queue_meta(self, account: str) -> list[tuple[str, bytes]]:
@@ -289,8 +318,11 @@ class SQLiteBackend(Backend):
         The report comes after the expiry (expired messages are gone by then) and reads
         the stored deadlines only; the cursor lives in this call, nothing is remembered.
         """
-        while await self._call(ops.clean_step, (now,), True):
-            pass
+        while True:
+            more, expired = await self._call(ops.clean_counted, (now,), True)
+            self.expired += expired
+            if not more:
+                break
         woken: dict[tuple[str, str], None] = {}
         at: ops.WokenCursor | None = None
         while True:
@@ -298,6 +330,10 @@ class SQLiteBackend(Backend):
             woken.update(dict.fromkeys(step))
             if at is None:
                 return list(woken)
+
+    async def usage(self, account: str, now: float, with_bytes: bool = False) -> Usage:
+        names, messages, size = await self._call(ops.usage, (account, with_bytes), False)
+        return Usage(set(names), messages, size)
 
     async def count_messages(self) -> int:
         return await self._call(ops.count_messages, (), False)

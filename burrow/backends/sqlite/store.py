@@ -929,12 +929,91 @@ def list_queue_meta(s: Store, account: str) -> list[tuple[str, bytes]]:
     return [(q, bytes(m)) for q, m in rows]
 
 
+# -- budgets and quotas ----------------------------------------------------------------
+
+
+def used_bytes(s: Store) -> int:
+    """What ``--max-disk`` counts: the database's pages in use (its size less its free list),
+    uncommitted changes of this transaction included."""
+    conn = s.conn
+    pages = (
+        conn.execute("PRAGMA page_count").fetchone()[0] - conn.execute("PRAGMA freelist_count").fetchone()[0]
+    )
+    return int(pages) * int(conn.execute("PRAGMA page_size").fetchone()[0])
+
+
+class OverBudget:
+    """What a budgeted write returns instead of writing: the bytes in use then. A result, not
+    an exception, so the batch around it commits without a replay."""
+
+    __slots__ = ("used",)
+
+    def __init__(self, used: int) -> None:
+        self.used = used
+
+
+def put_within(s: Store, max_bytes: int, needed: int, *args: Any) -> bool | OverBudget:
+    """:func:`put_message` unless the database's used bytes plus ``needed`` pass ``max_bytes``."""
+    used = used_bytes(s)
+    if used + needed > max_bytes:
+        return OverBudget(used)
+    return put_message(s, *args)
+
+
+def send_within(s: Store, max_bytes: int, needed: int, *args: Any) -> Sent | OverBudget:
+    """:func:`send_message` unless the database's used bytes plus ``needed`` pass ``max_bytes``."""
+    used = used_bytes(s)
+    if used + needed > max_bytes:
+        return OverBudget(used)
+    return send_message(s, *args)
+
+
+def meta_within(s: Store, max_bytes: int, swap: bool, *args: Any) -> bool | OverBudget | None:
+    """:func:`set_queue_meta` (``swap``: :func:`swap_queue_meta`) unless the database is at
+    ``max_bytes``; metadata that is removed always passes."""
+    if args[-1] is not None:
+        used = used_bytes(s)
+        if used + len(args[-1]) > max_bytes:
+            return OverBudget(used)
+    if swap:
+        return swap_queue_meta(s, *args)
+    set_queue_meta(s, *args)
+    return None
+
+
+def usage(s: Store, account: str, with_bytes: bool) -> tuple[list[str], int, int]:
+    """An account's queue names (with messages or metadata), messages and, with ``with_bytes``,
+    their body bytes: one index range per queue (bodies are not read: ``length`` of a blob
+    reads its size from the row header)."""
+    conn = s.conn
+    names = [
+        row[0]
+        for row in conn.execute(
+            "SELECT q.name FROM queues q JOIN accounts a ON a.seq = q.account WHERE a.name = ?"
+            " UNION SELECT queue FROM queue_meta WHERE account = ?",
+            (account, account),
+        )
+    ]
+    column = "total(length(m.body))" if with_bytes else "0"
+    messages, size = conn.execute(
+        f"SELECT count(*), {column} FROM queues q JOIN accounts a ON a.seq = q.account"
+        " JOIN messages m ON m.qid = q.seq WHERE a.name = ?",
+        (account,),
+    ).fetchone()
+    return names, int(messages), int(size)
+
+
 # -- housekeeping ------------------------------------------------------------------------
 
 
 def clean_step(s: Store, now: float) -> bool:
+    """One bounded cleaner step (see :func:`clean_counted`); returns whether there is more to do."""
+    return clean_counted(s, now)[0]
+
+
+def clean_counted(s: Store, now: float) -> tuple[bool, int]:
     """One bounded cleaner step: purge, expire, unhide, drop spent dedup records. Returns
-    whether there is more to do."""
+    whether there is more to do, and how many messages it deleted because they expired."""
     conn = s.conn
     more = False
     qid = conn.execute("SELECT min(qid) FROM doomed").fetchone()[0]
@@ -981,7 +1060,7 @@ def clean_step(s: Store, now: float) -> bool:
         more = more or len(spent) == CLEAN_CHUNK
     if not more:
         s.find_next_unhide()
-    return more
+    return more, len(expired)
 
 
 #: Where a ``woken_step`` scan goes on: (hidden flag, hidden_until, qid, seq).

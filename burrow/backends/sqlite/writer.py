@@ -146,6 +146,7 @@ _RELAXED_NAMES = (
     "delete_queues",
     "delete_accounts",
     "clean_step",
+    "clean_counted",
     "claim",
 )
 _RELAXED: frozenset[Callable[..., Any]] = frozenset(
@@ -880,6 +881,10 @@ class Writer(threading.Thread):
         finally:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+
+    def unpark_soon(self) -> None:
+        """For another thread that used the connection under ``lock`` (an online backup)."""
+        self._unpark_later()
 
     def _unpark_later(self) -> None:
         """After this thread released the lock: have the loop run what it parked meanwhile.
