@@ -78,6 +78,9 @@ def _help_for(name: str) -> str:
         " counting, /metrics is 404",
         "metrics_top_queues": "queues whose depth /metrics reports: the deepest, scanned at scrape"
         " time (0 = none, at most 1000)",
+        "backup_dir": "where POST /backup writes online SQLite backups (default: backups/ beside"
+        " the database file)",
+        "backup_keep": "online backups kept in --backup-dir (older burrow-*.db files are removed)",
         "access_log": "JSON-lines access log: a file path, - for stderr, empty for none (written off"
         " the request path; dropped and counted when it falls behind)",
     }

@@ -155,6 +155,12 @@ class Settings:
     #: (and counted), never waited for.
     access_log: str = ""
 
+    #: Where ``POST /backup`` writes online backups of a SQLite store; empty = ``backups/``
+    #: beside the database file.
+    backup_dir: str = ""
+    #: Backups kept in ``backup_dir``: after each new one, older ``burrow-*.db`` files go.
+    backup_keep: int = 7
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
@@ -214,6 +220,10 @@ class Settings:
         for name in ("max_memory", "max_disk"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 (see its default) or a number of bytes")
+        if not 1 <= self.backup_keep <= 10_000:
+            raise ValueError(f"backup_keep must be 1..10000, got {self.backup_keep}")
+        if "\0" in self.backup_dir:
+            raise ValueError("backup_dir must be a directory path")
         if self.metrics not in ("on", "off"):
             raise ValueError(f"metrics must be on or off, got {self.metrics!r}")
         if not 0 <= self.metrics_top_queues <= 1000:

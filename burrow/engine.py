@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import TypeVar
 
-from burrow.backends.base import Backend
+from burrow.backends.base import Backend, BackupResult
 from burrow.clock import Clock
 from burrow.config import Settings
 from burrow.core.errors import QuotaExceeded, StorageUnavailable
@@ -538,6 +538,10 @@ class Engine:
                 else:
                     self.counts.moved += 1
         return moved
+
+    async def backup(self) -> BackupResult:
+        """An online backup of the store (SQLite; ``--backup-dir``, ``--backup-keep``)."""
+        return await self.backend.backup(self.settings.backup_dir, self.settings.backup_keep)
 
     async def count(self, account: str, queue: str) -> Counts:
         return await self.backend.count(account, queue, self.now())

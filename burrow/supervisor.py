@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from burrow import __version__
+from burrow.backends.memory import default_max_memory
 from burrow.config import ENV_PREFIX, Settings, default_data_dir, load_settings
 
 log = logging.getLogger("burrow.supervisor")
@@ -318,6 +319,9 @@ class Supervisor:
     def _worker_command(self, child: Child) -> tuple[list[str], dict[str, str]]:
         backend = self._backend_of(child)
         settings = self.settings.replace(workers=1, port=child.port, backend=backend)
+        if self.kind != "shared" and not settings.max_memory and backend.startswith("memory"):
+            # Each worker owns a memory store: the default budget is shared between them.
+            settings = settings.replace(max_memory=default_max_memory(self.settings.workers))
         argv = [sys.executable, "-m", "burrow.supervisor", "--worker", child.name]
         if self.kind == "shared":
             argv.append("--reuse-port")

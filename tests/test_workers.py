@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from burrow.backends.memory import default_max_memory
 from burrow.client import Connection
 from burrow.config import Settings
 from burrow.hashing import Placement
@@ -241,6 +242,9 @@ async def test_router_mode_serves_restarts_a_killed_worker_and_stops_cleanly() -
     async with running("--workers", "2", "--port", "0", "--backend", "memory://") as (server, url):
         children = server.children()
         assert set(children) == {"worker-1", "worker-2", "router"}
+        # The default memory budget is shared by the workers, not taken by each.
+        budget = await server.wait_for_log(r"memory store: --max-memory (\d+) bytes")
+        assert int(budget.group(1)) == default_max_memory(2)
         servers = server.servers()
         assert servers == [children["worker-1"][1], children["worker-2"][1]]
         assert url not in servers

@@ -470,6 +470,33 @@ def document(settings: Settings) -> Schema:
                 tag="operations",
             ),
         },
+        "/backup": {
+            "post": _operation(
+                "backup",
+                "An online backup of a SQLite store into --backup-dir; an admin token when auth is on",
+                [],
+                {
+                    "200": {
+                        "description": "The backup written, its size, and older backups removed.",
+                        "content": _json(
+                            {
+                                "type": "object",
+                                "required": ["path", "bytes", "seconds", "removed"],
+                                "properties": {
+                                    "path": {"type": "string"},
+                                    "bytes": {"type": "integer"},
+                                    "seconds": {"type": "number"},
+                                    "removed": {"type": "array", "items": {"type": "string"}},
+                                },
+                            }
+                        ),
+                    },
+                    "409": _error_response("A backup is running already."),
+                    "501": _error_response("This server's store does not make backups (memory, Redis)."),
+                },
+                tag="operations",
+            ),
+        },
         "/openapi.json": {
             "get": _operation(
                 "openapi",

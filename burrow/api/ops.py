@@ -77,6 +77,14 @@ class OpsApi:
             raise NotFound("metrics are off on this server (--metrics off)")
         return Response(200, await self._metrics.exposition(), CONTENT_TYPE_LATEST)
 
+    async def backup(self, request: Request) -> Response:
+        """``POST /backup``: an online copy of the store (docs/operations.md "Backups")."""
+        Params(request.query, NO_PARAMS, 0)
+        result = await self.engine.backup()
+        log.info("backup written: %s (%d bytes, %.2f s)", result.path, result.bytes, result.seconds)
+        body = {"path": result.path, "bytes": result.bytes, "seconds": round(result.seconds, 3)}
+        return Response(200, orjson.dumps({**body, "removed": list(result.removed)}), JSON)
+
     async def openapi(self, request: Request) -> Response:
         Params(request.query, NO_PARAMS, 0)
         if self._openapi is None:  # built on first use, then served as is

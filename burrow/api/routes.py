@@ -160,6 +160,7 @@ ROUTES: tuple[Route, ...] = (
     # sqs: /health/{check} shadows queue URLs of its length, so it must accept SQS requests too
     Route("/health/{check}", {"GET": OpsApi.health}, sqs=True, api=OPS_API, access="public"),
     Route("/metrics", {"GET": OpsApi.metrics}, api=OPS_API, access="admin"),
+    Route("/backup", {"POST": OpsApi.backup}, api=OPS_API, access="admin"),
     Route("/openapi.json", {"GET": OpsApi.openapi}, api=OPS_API, access="public"),
     # The dashboard (docs/operations.md "Dashboard"): the page and its files carry no data;
     # its JSON is read with the caller's credential. sqs: /ui/{asset} and /ui-api/{account}

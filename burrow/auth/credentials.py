@@ -19,6 +19,7 @@ anything about a stored token beyond its digest.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import tomllib
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from burrow.auth.grant import ADMIN, Grant
+from burrow.config import parse_bytes
 from burrow.core.validation import MAX_NAME_BYTES, forbidden_character
 from burrow.quotas import Quota
 
@@ -38,8 +40,6 @@ MAX_SECRET = 1024
 ACCESS_KEY = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 #: A token: visible ASCII only (it travels in a header).
 _TOKEN = re.compile(r"[!-~]+")
-_SIZE = re.compile(r"([0-9]{1,15})\s*([KMG]?)", re.IGNORECASE)
-_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 _TOP_KEYS = ("admin_tokens", "accounts")
 _ACCOUNT_KEYS = ("tokens", "read_tokens", "sqs_keys", "quotas")
 
@@ -87,9 +87,8 @@ def parse_size(value: object, where: str) -> int:
             raise CredentialsError(f"{where}: must be 0 or more, got {value}")
         return value
     if isinstance(value, str):
-        match = _SIZE.fullmatch(value.strip())
-        if match is not None:
-            return int(match[1]) * _UNITS[match[2].upper()]
+        with contextlib.suppress(ValueError):
+            return parse_bytes(value)
     raise CredentialsError(
         f'{where}: expected a whole number, optionally with a K, M or G suffix ("1G"), got {value!r}'
     )

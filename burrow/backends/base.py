@@ -46,10 +46,23 @@ Rules every method keeps:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
+from burrow.core.errors import NotSupported
 from burrow.core.model import Counts, Filter, Message, Sent, Update
 from burrow.notify import Notifier
 from burrow.quotas import Usage
+
+
+@dataclass(frozen=True, slots=True)
+class BackupResult:
+    """What an online backup wrote (:meth:`Backend.backup`)."""
+
+    path: str
+    bytes: int
+    seconds: float
+    #: Older backups removed to keep ``keep`` of them.
+    removed: tuple[str, ...]
 
 
 class Backend(ABC):
@@ -290,6 +303,15 @@ class Backend(ABC):
             if with_bytes:
                 found.bytes += sum(len(m.body) for m in messages)
         return found
+
+    async def backup(self, directory: str, keep: int) -> BackupResult:
+        """Copy the store, online, into a new file in ``directory`` (or the store's default
+        place when empty), keeping the newest ``keep`` backups there. Only stores with a file
+        of their own do this (SQLite); the others raise NotSupported."""
+        raise NotSupported(
+            "online backups are made by the SQLite backend; this server's store has no file to copy"
+            " (Redis: use its own persistence, AOF or BGSAVE)"
+        )
 
     async def count_messages(self) -> int:
         """Total stored messages (expired but not yet cleaned included); for stats and tests."""

@@ -174,6 +174,20 @@ class ServiceUnavailable(BurrowError):
     code = "service_unavailable"
 
 
+class Conflict(BurrowError):
+    """The operation cannot run now because another like it is running (one backup at a time)."""
+
+    status = 409
+    code = "conflict"
+
+
+class NotSupported(BurrowError):
+    """This server's backend does not do that (an online backup of a memory store)."""
+
+    status = 501
+    code = "not_implemented"
+
+
 INVALID_URL = BadRequest("invalid request URL")
 MISSING_HOST = BadRequest("an HTTP/1.1 request must have a Host header")
 WRONG_HOST = BadRequest("the request target names another host than the Host header")
@@ -188,6 +202,8 @@ _ALL: tuple[type[BurrowError], ...] = (
     InsufficientStorage,
     QuotaExceeded,
     ServiceUnavailable,
+    Conflict,
+    NotSupported,
     RequestTimeout,
     PayloadTooLarge,
     UriTooLong,

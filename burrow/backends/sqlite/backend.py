@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from burrow.backends.base import Backend
+from burrow.backends.base import Backend, BackupResult
 from burrow.backends.sqlite import store as ops
+from burrow.backends.sqlite.backup import run_backup
 from burrow.backends.sqlite.reserve import RESERVE_BYTES, parse_size
 from burrow.backends.sqlite.writer import FSYNC_INTERVAL, STOP, SYNCHRONOUS, Op, Writer
 from burrow.config import Settings
-from burrow.core.errors import InsufficientStorage, StorageUnavailable
+from burrow.core.errors import Conflict, InsufficientStorage, NotSupported, StorageUnavailable
 from burrow.core.model import Counts, Filter, Message, Sent, Update
 from burrow.quotas import Usage
 
@@ -49,6 +51,8 @@ class SQLiteBackend(Backend):
         #: loop per call costs a getpid() system call on Python 3.11).
         self._loop: asyncio.AbstractEventLoop
         self._open = False
+        #: Set while an online backup runs (one at a time).
+        self._backing_up = False
 
     @classmethod
     def from_url(cls, url: str, settings: Settings) -> SQLiteBackend:
@@ -334,6 +338,24 @@ class SQLiteBackend(Backend):
     async def usage(self, account: str, now: float, with_bytes: bool = False) -> Usage:
         names, messages, size = await self._call(ops.usage, (account, with_bytes), False)
         return Usage(set(names), messages, size)
+
+    async def backup(self, directory: str, keep: int) -> BackupResult:
+        """An online copy with SQLite's backup API (see ``backup``); ``directory`` defaults
+        to ``backups/`` beside the database file."""
+        if self.path == ":memory:":
+            raise NotSupported("an in-memory SQLite store has no file to back up")
+        if not self._open:
+            raise StorageUnavailable("storage unavailable: the SQLite backend is not open")
+        if self._backing_up:
+            raise Conflict("a backup is running; try again when it is done")
+        target = Path(directory) if directory else Path(self.path).parent / "backups"
+        self._backing_up = True
+        try:
+            return await asyncio.to_thread(run_backup, self._writer, target, keep)
+        except (OSError, sqlite3.Error) as error:
+            raise StorageUnavailable(f"the backup failed and was removed: {error}") from error
+        finally:
+            self._backing_up = False
 
     async def count_messages(self) -> int:
         return await self._call(ops.count_messages, (), False)

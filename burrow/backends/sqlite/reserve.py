@@ -23,6 +23,8 @@ import logging
 import os
 import sqlite3
 
+from burrow.config import parse_bytes
+
 log = logging.getLogger("burrow.sqlite")
 
 #: Default size of the reserve: what the log gathers between two checkpoints (every
@@ -103,11 +105,8 @@ def mib(size: int) -> str:
 
 
 def parse_size(text: str) -> int:
-    """``"64MiB"``, ``"512k"``, ``"1048576"`` -> bytes (binary units: k, m, g, with an optional ``iB``)."""
-    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    value = text.strip().lower().removesuffix("ib").removesuffix("b")
-    unit = value[-1:] if value[-1:] in ("k", "m", "g") else ""
-    number = value[: len(value) - len(unit)]
-    if not number.isdigit():
-        raise ValueError(f"reserve must be a number of bytes such as 67108864 or 64MiB, got {text!r}")
-    return int(number) * units[unit]
+    """``"64MiB"``, ``"512k"``, ``"1048576"`` -> bytes (``burrow.config.parse_bytes``)."""
+    try:
+        return parse_bytes(text)
+    except ValueError:
+        raise ValueError(f"reserve must be a byte size such as 67108864 or 64MiB, got {text!r}") from None
