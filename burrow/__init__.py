@@ -17,7 +17,14 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from burrow import _build
+
 __version__ = "0.1.0"
+
+#: "compiled" when the hot path runs the mypyc-compiled modules, "pure" when it runs their
+#: Python source (no compiled build, BURROW_PURE_PYTHON=1, or a build older than the source).
+#: Decided here, once, before any other burrow module is imported (burrow/_build.py).
+BUILD: str = _build.select()
 
 if TYPE_CHECKING:
     from burrow.client.api import Message, MessageAttributes
@@ -37,6 +44,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "BUILD",
     "Account",
     "AsyncAccount",
     "AsyncClient",

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 
-from burrow import __version__
+from burrow import BUILD, __version__
 from burrow.config import BYTE_SIZES, Settings, load_settings, parse_bytes
 
 log = logging.getLogger("burrow")
@@ -255,12 +255,13 @@ async def _serve(settings: Settings, loop_name: str, *, reuse_port: bool = False
         loop.add_signal_handler(signal.SIGHUP, log.info, "SIGHUP: auth is off, no credentials to reload")
     warn_if_open(settings, http.host)
     log.info(
-        "burrow %s listening on http://%s:%d backend=%s loop=%s",
+        "burrow %s listening on http://%s:%d backend=%s loop=%s build=%s",
         __version__,
         http.host,
         http.port,
         url,
         loop_name,
+        BUILD,
     )
     await stop.wait()
     log.info("shutting down")

@@ -57,7 +57,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from burrow import __version__
+from burrow import BUILD, __version__
 from burrow.backends.memory import default_max_memory
 from burrow.config import ENV_PREFIX, Settings, default_data_dir, load_settings
 
@@ -461,7 +461,7 @@ class Supervisor:
             public = self.workers[0]
             mode = "reuseport"
         log.info(
-            "burrow %s listening on http://%s:%d backend=%s workers=%d mode=%s loop=%s",
+            "burrow %s listening on http://%s:%d backend=%s workers=%d mode=%s loop=%s build=%s",
             __version__,
             public.host,
             public.port,
@@ -469,6 +469,7 @@ class Supervisor:
             len(self.workers),
             mode,
             self.loop_name,
+            BUILD,
         )
 
     async def _keep(self, child: Child) -> None:

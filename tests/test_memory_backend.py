@@ -515,6 +515,7 @@ async def test_group_index_starts_with_the_first_grouped_message() -> None:
     await b.delete_accounts(ALL, T)
 
 
+@pytest.mark.interpreted  # patches QueueStore/Index methods
 async def test_fifo_claims_read_only_the_groups_they_take(monkeypatch: pytest.MonkeyPatch) -> None:
     b = MemoryBackend()
     await b.set_queue_meta("a", "q", b"fifo")
@@ -625,6 +626,7 @@ async def test_fifo_group_index_under_random_churn() -> None:
     await b.set_queue_meta("a", "q", None)
 
 
+@pytest.mark.interpreted  # patches QueueStore/Index methods
 async def test_count_follows_hides_and_expiry_without_the_cleaner(monkeypatch: pytest.MonkeyPatch) -> None:
     b = MemoryBackend()
     names = await fill(b, 3000, ttl=100)  # one deadline second: nothing due before T + 100

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from burrow.api.openapi import ERROR_CODES, document
-from burrow.api.routes import ROUTES, UI_API
+from burrow.api.routes import ROUTES, UI_API, operation_name
 from burrow.client import Connection
 from burrow.config import Settings
 from burrow.core.errors import ERRORS_BY_CODE
@@ -64,7 +64,7 @@ def test_the_document_describes_every_route_of_the_table() -> None:
         assert declared == set(route.params), route.template
         for method, handler in route.methods.items():
             operation = item[method.lower()]
-            assert operation["operationId"] == handler.__name__  # the metrics' operation label
+            assert operation["operationId"] == operation_name(handler)  # the metrics' operation label
             # Every refusal the server has, but those that depend on the operation (404: not
             # every path can miss; 405: the method is not the operation's; 507: writes only;
             # 429: quotas, on creates and long polls only; 409 and 501: backups only).

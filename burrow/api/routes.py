@@ -184,6 +184,12 @@ for _route in ROUTES:
         _BY_PARTS[_n] = _route
 
 
+def operation_name(handler: V1Handler) -> str:
+    """A handler's operation (its metrics label and OpenAPI operationId): the method's name.
+    ``__name__`` alone would not do: a compiled method's is qualified (``V1Api.put_message``)."""
+    return handler.__name__.rpartition(".")[2]
+
+
 def route_for(path: str) -> tuple[Route | None, list[str]]:
     """The route ``path`` matches (None if none), and the path split on ``/``."""
     parts = path.split("/")
@@ -229,7 +235,7 @@ class App:
         #: Each handler's counters (None: no handler matched), made now so that a request
         #: only looks them up.
         self._stats: dict[V1Handler | None, OpStats] = {
-            handler: metrics.op(V1 if route.api == V1_API else OPS, handler.__name__)
+            handler: metrics.op(V1 if route.api == V1_API else OPS, operation_name(handler))
             for route in ROUTES
             for handler in route.methods.values()
         }

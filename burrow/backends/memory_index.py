@@ -84,8 +84,9 @@ class _Table:
 
     def entries(self) -> list[Entry]:
         """(home, tag, location) of every entry, in slot order (so sorted by home)."""
-        tags, locs = self.tags, self.locs
-        return [(j - d + 1, tags[j], locs[j]) for j, d in enumerate(self.disp) if d]
+        disp, tags, locs = self.disp, self.tags, self.locs
+        # (indexing, not enumerate(): mypyc cannot iterate a bytearray in a comprehension)
+        return [(j - disp[j] + 1, tags[j], locs[j]) for j in range(len(disp)) if disp[j]]
 
     def fill(self, entries: list[Entry]) -> bool:
         """Place entries sorted by home into this empty table; False if a run got too long."""

@@ -7,12 +7,15 @@ HTTP layer's own refusals (:mod:`burrow.http.protocol`) and the Python client
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class BurrowError(Exception):
     """Base of every expected failure. ``code`` is a stable machine-readable word."""
 
-    status = 500
-    code = "internal"
+    # ClassVar: read from the class too (ERRORS_BY_CODE), which a compiled class allows only so.
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from enum import Enum
-from typing import Any
+from typing import Any, Final
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,9 +101,23 @@ def _slot_setters(cls: type, names: tuple[str, ...]) -> tuple[Callable[[Any, Any
     return tuple(vars(cls)[name].__set__ for name in names)
 
 
-# Fast constructors for the values built on every request. A frozen dataclass's __init__
-# sets each field through ``object.__setattr__`` (about 1 us for a Filter); setting the
-# slots through their descriptors builds the same, equally frozen, object in half that.
+def _compiled(cls: type) -> bool:
+    """Whether ``cls`` is a mypyc-compiled class (burrow/_build.py): those refuse ``object.__new__``."""
+    try:
+        object.__new__(cls)
+    except TypeError:
+        return True
+    return False
+
+
+#: True when this module runs compiled: its classes then construct natively, faster than any
+#: trick, and the slot-setting constructors below (and in the stores) must not be used.
+COMPILED: Final = _compiled(Message)
+
+# Fast constructors for the values built on every request, for pure Python. A frozen
+# dataclass's __init__ sets each field through ``object.__setattr__`` (about 1 us for a
+# Filter); setting the slots through their descriptors builds the same, equally frozen,
+# object in half that.
 _new = object.__new__
 _set_limit, _set_marker, _set_match_hidden = _slot_setters(Filter, ("limit", "marker", "match_hidden"))
 _set_expires, _set_hidden_until, _set_meta = _slot_setters(Update, ("expires", "hidden_until", "meta"))
@@ -111,6 +125,8 @@ _set_expires, _set_hidden_until, _set_meta = _slot_setters(Update, ("expires", "
 
 def new_filter(limit: int | None, marker: str | None, match_hidden: bool) -> Filter:
     """``Filter(limit, marker, match_hidden)``, faster."""
+    if COMPILED:
+        return Filter(limit, marker, match_hidden)
     f: Filter = _new(Filter)
     _set_limit(f, limit)
     _set_marker(f, marker)
@@ -120,6 +136,8 @@ def new_filter(limit: int | None, marker: str | None, match_hidden: bool) -> Fil
 
 def new_update(expires: float | None, hidden_until: float | None, meta: bytes | None = None) -> Update:
     """``Update(expires, hidden_until, meta)``, faster."""
+    if COMPILED:
+        return Update(expires, hidden_until, meta)
     u: Update = _new(Update)
     _set_expires(u, expires)
     _set_hidden_until(u, hidden_until)

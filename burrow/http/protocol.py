@@ -858,7 +858,9 @@ class HttpProtocol(asyncio.Protocol):
             raw_path, _, raw_query = url.partition(b"?")
         else:  # absolute-form, asterisk-form or a fragment: let httptools split it
             try:
-                parsed = httptools.parse_url(url)
+                # Any: httptools' stubs say bytes, but an absent part is None (and compiled
+                # code checks the declared type)
+                parsed: Any = httptools.parse_url(url)
             except httptools.HttpParserInvalidURLError:
                 raise self._reject(errors.INVALID_URL) from None
             if parsed.host is not None and not _names_host(parsed, headers.get("host")):

@@ -57,7 +57,7 @@ def test_a_send_receive_delete_cycle_is_at_most_four_storage_calls(
         sqs.send_message(QueueUrl=url, MessageBody=f"m{i}")
         (m,) = sqs.receive_message(QueueUrl=url, VisibilityTimeout=30)["Messages"]
         sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
-    assert sum(calls.values()) <= 4 * 20, calls
+    assert 3 * 20 <= sum(calls.values()) <= 4 * 20, calls  # counted at all, and at most 4 a cycle
     assert calls["claim"] == 20 and calls["delete_message"] == 20, calls
 
 
@@ -69,5 +69,5 @@ def test_a_fifo_cycle_is_at_most_four_storage_calls(sqs: Any, name: str, calls: 
         sqs.send_message(QueueUrl=url, MessageBody=f"m{i}", MessageGroupId="g", MessageDeduplicationId=str(i))
         (m,) = sqs.receive_message(QueueUrl=url, VisibilityTimeout=30)["Messages"]
         sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
-    assert sum(calls.values()) <= 4 * 20, calls
+    assert 3 * 20 <= sum(calls.values()) <= 4 * 20, calls  # counted at all, and at most 4 a cycle
     assert calls["send_message"] == 20 and calls["claim"] == 20, calls

@@ -21,7 +21,7 @@ from dataclasses import fields
 from typing import Any
 
 from burrow.backends.sqlite.schema import CLEAN_CHUNK
-from burrow.core.model import Counts, Filter, Message, Sent, Update
+from burrow.core.model import COMPILED, Counts, Filter, Message, Sent, Update
 
 _MESSAGE_COLUMNS = "seq, id, body, expires, hidden_until, meta, receives, first_received, grp, sequence"
 #: A message row: seq, then the fields of :class:`Message` in order (``_message``).
@@ -100,6 +100,8 @@ _s_id, _s_body, _s_expires, _s_hidden, _s_meta, _s_receives, _s_first, _s_group,
 
 def _message(row: _Row) -> Message:
     """``Message(*row[1:])``, faster."""
+    if COMPILED:  # a compiled Message refuses object.__new__ and constructs natively
+        return Message(*row[1:])
     m: Message = _new(Message)
     _s_id(m, row[1])
     _s_body(m, row[2])
