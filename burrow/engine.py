@@ -184,15 +184,20 @@ class Engine:
         and only the bytes its body grows by, which is looked up only when a new message would
         not fit (one more store read, on the refusal path); a replacement that did fit as new
         keeps its old body counted until the usage is read again."""
+        refusal: QuotaExceeded | None = None
         try:
             tally = await self._admit(account, queue, quota, 1, len(body))
             added, grown = 1, len(body)
         except QuotaExceeded as error:
             if error.quota not in ("messages", "bytes"):
                 raise
+            refusal = error
+        if refusal is not None:
+            # Outside the except block: compiled by mypyc, an await inside one that re-raises
+            # the handled exception afterwards frees it too early (a crash, seen in tests).
             old = await self.backend.get_message(account, queue, message, now)
             if old is None:
-                raise
+                raise refusal
             added, grown = 0, len(body) - len(old.body)
             tally = await self._admit(account, queue, quota, 0, max(0, grown))
             if grown < 0:

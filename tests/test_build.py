@@ -7,6 +7,7 @@ tests run each build as ``burrow serve`` does: a fresh interpreter.
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -109,3 +110,20 @@ async def test_serve_logs_the_build_on_its_listening_line(pure: str) -> None:
         assert line.rstrip().endswith(f"build={expected}"), line
     finally:
         await server.stop()
+
+
+def test_compiled_coroutines_never_await_inside_an_except_block() -> None:
+    """mypyc frees the handled exception too early when a coroutine awaits inside an ``except``
+    block and raises it again afterwards (it crashed the interpreter: the quota check of
+    ``Engine._put_within`` on SQLite did this). The compiled modules must hand the error out
+    of the block first, as that method now does."""
+
+    asynchronous = (ast.Await, ast.AsyncFor, ast.AsyncWith)
+    found = []
+    for module in _build.COMPILED:
+        path = ROOT / Path(*module.split(".")).with_suffix(".py")
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ExceptHandler):
+                awaits = [n for n in ast.walk(node) if isinstance(n, asynchronous)]
+                found += [f"{path.relative_to(ROOT)}:{n.lineno}" for n in awaits]
+    assert not found, found
