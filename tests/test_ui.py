@@ -32,7 +32,7 @@ from burrow.config import Settings
 from burrow.testing.server import RunningServer, running_server
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, ConsoleMessage, Page, ViewportSize
+    from playwright.sync_api import Browser, ConsoleMessage, Locator, Page, ViewportSize
 
 CHROMIUM = "/usr/bin/chromium"
 LAPTOP: ViewportSize = {"width": 1366, "height": 768}
@@ -41,6 +41,14 @@ DESKTOP: ViewportSize = {"width": 1920, "height": 1080}
 HOSTILE_QUEUE = '<img src=x onerror="window.__xss=1">'
 HOSTILE_BODY = "<img src=x onerror=window.__xss=2><script>window.__xss=3</script>"
 ACME, ACME_READ = "acme-token-0123456789", "acme-read-0123456789"
+
+
+def expect_count(locator: Locator, count: int) -> None:
+    """Wait until ``locator`` matches ``count`` elements: the page re-renders after each action
+    (and on its timer), so a count read at once may see the page before that."""
+    from playwright.sync_api import expect
+
+    expect(locator).to_have_count(count)
 
 
 def _missing() -> str | None:
@@ -304,7 +312,7 @@ def test_send_release_delete_and_purge_through_the_page(
     send.get_by_label("Body").fill("anonymous")
     send.get_by_role("button", name="Send message").click()
     page.locator("#status", has_text="Sent message").wait_for()
-    assert page.locator("tr.message").count() == 4
+    expect_count(page.locator("tr.message"), 4)
 
     # A refused write shows the server's reason.
     send.get_by_label("TTL (s)").fill("99999999999")
@@ -317,12 +325,12 @@ def test_send_release_delete_and_purge_through_the_page(
     taken.get_by_role("button", name="Release").click()
     page.locator("#status", has_text="Released message taken.").wait_for()
     assert api.message("ops", "work", "taken")["hide"] == 0
-    assert taken.get_by_role("button", name="Release").count() == 0
+    expect_count(taken.get_by_role("button", name="Release"), 0)
 
     page.locator("tr.message", has_text="keep").get_by_role("button", name="Delete").click()
     page.locator("#status", has_text="Deleted message keep.").wait_for()
     assert api.message("ops", "work", "keep") is None
-    assert page.locator("td.id", has_text="keep").count() == 0
+    expect_count(page.locator("td.id", has_text="keep"), 0)
 
     api.put("ops", "work", "hidden", b"h", "hide=300")
     page.get_by_role("button", name="Purge queue…").click()
@@ -441,7 +449,7 @@ def test_sign_in_with_a_token_when_auth_is_on(
         assert page.locator("#chart-rates").is_hidden()  # server-wide rates are the admin's
         page.goto(f"{base}/ui#/q/acme/jobs")
         page.locator("td.id", has_text="m1").wait_for()
-        assert page.get_by_role("button", name="Delete").count() == 1
+        expect_count(page.get_by_role("button", name="Delete"), 1)
         shots(page, "signed-in-queue")
 
         page.get_by_role("button", name="Sign out").click()
@@ -451,6 +459,6 @@ def test_sign_in_with_a_token_when_auth_is_on(
         page.locator("td.id", has_text="m1").wait_for()
         assert page.locator("#who").inner_text() == "signed in: account acme (read-only)"
         assert page.locator("#send-form").is_hidden()
-        assert page.get_by_role("button", name="Delete").count() == 0
+        expect_count(page.get_by_role("button", name="Delete"), 0)
         assert page.get_by_role("button", name="Purge queue…").is_hidden()
         context.close()
