@@ -33,14 +33,13 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import replace
 from typing import TypeVar
 
 from burrow.backends.base import Backend, BackupResult
 from burrow.clock import Clock
 from burrow.config import Settings
 from burrow.core.errors import QuotaExceeded, StorageUnavailable
-from burrow.core.model import Counts, Filter, Message, Sent, Update, deadline, new_update
+from burrow.core.model import Counts, Filter, Message, Sent, Update, deadline
 from burrow.metrics import MessageCounts
 from burrow.notify import LocalNotifier, Notifier, QueueKey, wake
 from burrow.quotas import Quota, Usage
@@ -291,7 +290,7 @@ class Engine:
     def _capped(self, filter: Filter) -> Filter:
         cap = self.settings.max_limit
         if filter.limit is None or filter.limit > cap:
-            return replace(filter, limit=cap)
+            return filter.with_limit(cap)
         return filter
 
     async def list_accounts(self, filter: Filter) -> list[str]:
@@ -583,7 +582,7 @@ class Engine:
     # -- internals --------------------------------------------------------------
     @staticmethod
     def _update(ttl: int | None, hide: int | None, now: float) -> Update:
-        return new_update(
+        return Update(
             None if ttl is None else deadline(ttl, now),
             None if hide is None else deadline(hide, now),
         )

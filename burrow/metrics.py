@@ -35,7 +35,7 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-from burrow.core.model import Counts, new_filter
+from burrow.core.model import Counts, Filter
 from burrow.http.types import Request, Response
 
 if TYPE_CHECKING:
@@ -264,7 +264,7 @@ class DepthScanner:
         try:
             marker: str | None = None
             while not truncated:
-                accounts = await engine.list_accounts(new_filter(page, marker, False))
+                accounts = await engine.list_accounts(Filter(page, marker, False))
                 for account in accounts:
                     queue_marker: str | None = None
                     while True:
@@ -272,7 +272,7 @@ class DepthScanner:
                             truncated = True
                             break
                         size = min(page, limit - scanned)
-                        queues = await engine.list_queues(account, new_filter(size, queue_marker, False))
+                        queues = await engine.list_queues(account, Filter(size, queue_marker, False))
                         if not queues:
                             break
                         counts = await asyncio.gather(*(engine.count(account, q) for q in queues))

@@ -7,7 +7,6 @@ hiding are tested without sleeping.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 
 import pytest
 
@@ -613,11 +612,11 @@ async def test_per_message_data_is_kept_by_writes_and_reset_by_a_replacing_put(b
     [c] = await backend.claim("a", "q", 1, T + 30, T)
     assert c == Message("m1", b"x", 0.0, T + 30, b"attrs", 1, T, "g", 1)
     u = await backend.update_message("a", "q", "m1", Update(hidden_until=T + 40, meta=b"new"), T)
-    assert u == replace(c, hidden_until=T + 40, meta=b"new")
+    assert u == c.replace(hidden_until=T + 40, meta=b"new")
     [u2] = await backend.update_messages("a", "q", HIDDEN_TOO, Update(expires=T + 500, hidden_until=0.0), T)
-    assert u2 == replace(u, expires=T + 500, hidden_until=0.0)
+    assert u2 == u.replace(expires=T + 500, hidden_until=0.0)
     [c2] = await backend.claim("a", "q", 1, T + 31, T + 1)
-    assert c2 == replace(u2, hidden_until=T + 31, receives=2)
+    assert c2 == u2.replace(hidden_until=T + 31, receives=2)
     assert await backend.get_message("a", "q", "m1", T + 1) == c2
     assert await backend.get_messages("a", "q", HIDDEN_TOO, T + 1) == [c2]
     assert await send(backend, "a", "q", "m2", group="h") == Sent("m2", 2, True)

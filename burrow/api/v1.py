@@ -17,7 +17,7 @@ import orjson
 
 from burrow.core import validation
 from burrow.core.errors import BadRequest, NotFound, QuotaExceeded
-from burrow.core.model import ALL, Detail, Filter, Message, new_filter, remaining
+from burrow.core.model import ALL, Detail, Filter, Message, remaining
 from burrow.engine import Engine
 from burrow.http.types import Request, Response
 
@@ -99,7 +99,7 @@ class Params:
         limit = values.get("limit")
         marker = values.get("marker")
         hidden = values.get("match_hidden")
-        return new_filter(
+        return Filter(
             None if limit is None else validation.integer(limit, "limit", 1, 1 << 31),
             marker,
             False if hidden is None else validation.boolean(hidden, "match_hidden"),
@@ -436,7 +436,7 @@ class V1Api:
         limit = filter.limit
         if limit is not None and limit <= cap:
             return filter, 0
-        return new_filter(cap, filter.marker, filter.match_hidden), cap
+        return filter.with_limit(cap), cap
 
     # one message
     async def get_message(self, request: Request, account: str, queue: str, message: str) -> Response:

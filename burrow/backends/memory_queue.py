@@ -36,9 +36,8 @@ record touches neither, so v1.0 puts and gets pay a flag test.
 from __future__ import annotations
 
 import bisect
-import dataclasses
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from burrow.backends.memory_arena import (
     DELTA_MAX,
@@ -73,7 +72,7 @@ from burrow.backends.memory_arena import (
 )
 from burrow.backends.memory_index import M64, Deadlines, Groups, Index, block_until
 from burrow.core.errors import StorageUnavailable
-from burrow.core.model import COMPILED, Message, Update
+from burrow.core.model import Message, Update
 
 INF = float("inf")
 #: ``exp_min`` of a queue with nothing scheduled.
@@ -182,19 +181,7 @@ class QueueStore:
         if flags & EXTRA:
             receives, first, sequence, glen = XS.unpack_from(meta)
             p = XS_SIZE + glen
-            if COMPILED:  # a native constructor call, faster than make_full (pure Python's)
-                return Message(
-                    idb.decode("utf-8", "surrogatepass") if mid is None else mid,
-                    body,
-                    expires,
-                    hidden,
-                    meta[p:],
-                    receives,
-                    first,
-                    meta[XS_SIZE:p].decode("utf-8", "surrogatepass"),
-                    sequence,
-                )
-            return make_full(
+            return Message(
                 idb.decode("utf-8", "surrogatepass") if mid is None else mid,
                 body,
                 expires,
@@ -205,10 +192,7 @@ class QueueStore:
                 meta[XS_SIZE:p].decode("utf-8", "surrogatepass"),
                 sequence,
             )
-        if COMPILED:
-            mid = idb.decode("utf-8", "surrogatepass") if mid is None else mid
-            return Message(mid, body, expires, hidden, meta)
-        return make_message(
+        return Message(
             idb.decode("utf-8", "surrogatepass") if mid is None else mid, body, expires, hidden, meta
         )
 
@@ -1057,78 +1041,6 @@ class QueueStore:
         if advancing and last is not None:
             self.cur_seg, self.cur_off, self.cur_until = last, last.used, until
         return out
-
-
-MakeMessage = Callable[[str, bytes, float, float, bytes], Message]
-MakeFull = Callable[[str, bytes, float, float, bytes, int, float, str, int], Message]
-
-
-def _fast_messages() -> tuple[MakeMessage, MakeFull]:
-    """Message constructors that set the slots directly: plain (per-message data at its
-    defaults) and full.
-
-    The frozen dataclass's ``__init__`` goes through ``object.__setattr__`` per field,
-    which costs about as much as the rest of a lookup; every returned message pays it.
-    Fall back to the class itself if Message ever gains a field these do not know.
-    """
-    names = (
-        "id",
-        "body",
-        "expires",
-        "hidden_until",
-        "meta",
-        "receives",
-        "first_received",
-        "group",
-        "sequence",
-    )
-    if COMPILED or tuple(f.name for f in dataclasses.fields(Message)) != names:
-        return Message, Message
-    new = object.__new__
-    s_id, s_body, s_expires, s_hidden, s_meta, s_receives, s_first, s_group, s_sequence = (
-        vars(Message)[name].__set__ for name in names
-    )
-
-    def make(mid: str, body: bytes, expires: float, hidden: float, meta: bytes) -> Message:
-        m = new(Message)
-        s_id(m, mid)
-        s_body(m, body)
-        s_expires(m, expires)
-        s_hidden(m, hidden)
-        s_meta(m, meta)
-        s_receives(m, 0)
-        s_first(m, 0.0)
-        s_group(m, "")
-        s_sequence(m, 0)
-        return m
-
-    def make_full(
-        mid: str,
-        body: bytes,
-        expires: float,
-        hidden: float,
-        meta: bytes,
-        receives: int,
-        first: float,
-        group: str,
-        sequence: int,
-    ) -> Message:
-        m = new(Message)
-        s_id(m, mid)
-        s_body(m, body)
-        s_expires(m, expires)
-        s_hidden(m, hidden)
-        s_meta(m, meta)
-        s_receives(m, receives)
-        s_first(m, first)
-        s_group(m, group)
-        s_sequence(m, sequence)
-        return m
-
-    return make, make_full
-
-
-make_message, make_full = _fast_messages()
 
 
 def _second(t: float) -> int:

@@ -9,38 +9,125 @@ seconds (``ttl``, ``hide``); :func:`deadline` and :func:`remaining` convert.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, fields
 from enum import Enum
-from typing import Any, Final
+from typing import Final
+
+# Why these are not dataclasses: mypyc compiles a dataclass's class but keeps the __init__
+# that ``dataclasses`` generates (bytecode that, for a frozen one, sets each field through
+# ``object.__setattr__``); these are built on every request, and a plain class with
+# ``__slots__`` and an explicit ``__init__`` constructs natively when compiled and about as
+# fast as anything in pure Python. ``Final`` keeps them immutable: mypy refuses assignments,
+# and the compiled attributes are read-only. Changed copies come from ``replace``.
 
 
-@dataclass(frozen=True, slots=True)
 class Message:
     """A snapshot of one stored message."""
 
-    id: str
-    body: bytes
+    __slots__ = (
+        "id",
+        "body",
+        "expires",
+        "hidden_until",
+        "meta",
+        "receives",
+        "first_received",
+        "group",
+        "sequence",
+    )
+
+    id: Final[str]
+    body: Final[bytes]
     #: Absolute expiry time; 0 = never expires.
-    expires: float
+    expires: Final[float]
     #: Absolute time the message becomes visible; 0 (or any time <= now) = visible.
-    hidden_until: float
+    hidden_until: Final[float]
     #: Opaque bytes owned by a protocol front end (SQS keeps its message attributes
     #: here); empty for plain burrow messages. Backends store it verbatim.
-    meta: bytes = b""
+    meta: Final[bytes]
     #: Times :meth:`~burrow.backends.base.Backend.claim` handed the message out (SQS's
     #: ApproximateReceiveCount, and the token its receipt handles carry); 0 = never.
-    receives: int = 0
+    receives: Final[int]
     #: When the first claim took it; 0 = never claimed.
-    first_received: float = 0.0
+    first_received: Final[float]
     #: FIFO message group ("" = none), set by ``send_message`` and kept by every write
     #: except a replacing ``put_message``.
-    group: str = ""
+    group: Final[str]
     #: FIFO sequence number assigned by ``send_message`` (0 = none).
-    sequence: int = 0
+    sequence: Final[int]
+
+    def __init__(
+        self,
+        id: str,
+        body: bytes,
+        expires: float,
+        hidden_until: float,
+        meta: bytes = b"",
+        receives: int = 0,
+        first_received: float = 0.0,
+        group: str = "",
+        sequence: int = 0,
+    ) -> None:
+        self.id = id
+        self.body = body
+        self.expires = expires
+        self.hidden_until = hidden_until
+        self.meta = meta
+        self.receives = receives
+        self.first_received = first_received
+        self.group = group
+        self.sequence = sequence
+
+    def _key(self) -> tuple[str, bytes, float, float, bytes, int, float, str, int]:
+        return (
+            self.id,
+            self.body,
+            self.expires,
+            self.hidden_until,
+            self.meta,
+            self.receives,
+            self.first_received,
+            self.group,
+            self.sequence,
+        )
+
+    def replace(
+        self,
+        *,
+        expires: float | None = None,
+        hidden_until: float | None = None,
+        meta: bytes | None = None,
+        receives: int | None = None,
+        first_received: float | None = None,
+    ) -> Message:
+        """A copy with the given fields changed (the ones stores change in place)."""
+        return Message(
+            self.id,
+            self.body,
+            self.expires if expires is None else expires,
+            self.hidden_until if hidden_until is None else hidden_until,
+            self.meta if meta is None else meta,
+            self.receives if receives is None else receives,
+            self.first_received if first_received is None else first_received,
+            self.group,
+            self.sequence,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Message):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (
+            f"Message(id={self.id!r}, body={self.body!r}, expires={self.expires!r}, "
+            f"hidden_until={self.hidden_until!r}, meta={self.meta!r}, receives={self.receives!r}, "
+            f"first_received={self.first_received!r}, group={self.group!r}, sequence={self.sequence!r})"
+        )
 
 
-@dataclass(frozen=True, slots=True)
 class Filter:
     """Which items of a list an operation touches.
 
@@ -50,25 +137,67 @@ class Filter:
     and queues.
     """
 
-    limit: int | None = None
-    marker: str | None = None
-    match_hidden: bool = False
+    __slots__ = ("limit", "marker", "match_hidden")
+
+    limit: Final[int | None]
+    marker: Final[str | None]
+    match_hidden: Final[bool]
+
+    def __init__(
+        self, limit: int | None = None, marker: str | None = None, match_hidden: bool = False
+    ) -> None:
+        self.limit = limit
+        self.marker = marker
+        self.match_hidden = match_hidden
+
+    def with_limit(self, limit: int | None) -> Filter:
+        """This filter with another ``limit``."""
+        return Filter(limit, self.marker, self.match_hidden)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Filter):
+            return NotImplemented
+        return (self.limit, self.marker, self.match_hidden) == (other.limit, other.marker, other.match_hidden)
+
+    def __hash__(self) -> int:
+        return hash((self.limit, self.marker, self.match_hidden))
+
+    def __repr__(self) -> str:
+        return f"Filter(limit={self.limit!r}, marker={self.marker!r}, match_hidden={self.match_hidden!r})"
 
 
 ALL = Filter()
 ALL_MESSAGES = Filter(match_hidden=True)
 
 
-@dataclass(frozen=True, slots=True)
 class Update:
     """New deadlines for matched messages; None leaves that deadline unchanged."""
 
-    expires: float | None = None
-    hidden_until: float | None = None
-    meta: bytes | None = None
+    __slots__ = ("expires", "hidden_until", "meta")
+
+    expires: Final[float | None]
+    hidden_until: Final[float | None]
+    meta: Final[bytes | None]
+
+    def __init__(
+        self, expires: float | None = None, hidden_until: float | None = None, meta: bytes | None = None
+    ) -> None:
+        self.expires = expires
+        self.hidden_until = hidden_until
+        self.meta = meta
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Update):
+            return NotImplemented
+        return (self.expires, self.hidden_until, self.meta) == (other.expires, other.hidden_until, other.meta)
+
+    def __hash__(self) -> int:
+        return hash((self.expires, self.hidden_until, self.meta))
+
+    def __repr__(self) -> str:
+        return f"Update(expires={self.expires!r}, hidden_until={self.hidden_until!r}, meta={self.meta!r})"
 
 
-@dataclass(frozen=True, slots=True)
 class Counts:
     """Messages of one queue by state (expired ones are in none of them).
 
@@ -76,12 +205,29 @@ class Counts:
     (``receives > 0``); *delayed*: hidden and never claimed.
     """
 
-    visible: int = 0
-    in_flight: int = 0
-    delayed: int = 0
+    __slots__ = ("visible", "in_flight", "delayed")
+
+    visible: Final[int]
+    in_flight: Final[int]
+    delayed: Final[int]
+
+    def __init__(self, visible: int = 0, in_flight: int = 0, delayed: int = 0) -> None:
+        self.visible = visible
+        self.in_flight = in_flight
+        self.delayed = delayed
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Counts):
+            return NotImplemented
+        return (self.visible, self.in_flight, self.delayed) == (other.visible, other.in_flight, other.delayed)
+
+    def __hash__(self) -> int:
+        return hash((self.visible, self.in_flight, self.delayed))
+
+    def __repr__(self) -> str:
+        return f"Counts(visible={self.visible!r}, in_flight={self.in_flight!r}, delayed={self.delayed!r})"
 
 
-@dataclass(frozen=True, slots=True)
 class Sent:
     """What :meth:`~burrow.backends.base.Backend.send_message` did.
 
@@ -89,60 +235,27 @@ class Sent:
     stored and ``message``/``sequence`` are the earlier send's.
     """
 
-    message: str
-    sequence: int
-    created: bool
+    __slots__ = ("message", "sequence", "created")
 
+    message: Final[str]
+    sequence: Final[int]
+    created: Final[bool]
 
-def _slot_setters(cls: type, names: tuple[str, ...]) -> tuple[Callable[[Any, Any], None], ...]:
-    """The slot descriptors' setters of a slotted dataclass, checked against its fields."""
-    if tuple(f.name for f in fields(cls)) != names:
-        raise TypeError(f"{cls.__name__} fields changed; update its fast constructor")
-    return tuple(vars(cls)[name].__set__ for name in names)
+    def __init__(self, message: str, sequence: int, created: bool) -> None:
+        self.message = message
+        self.sequence = sequence
+        self.created = created
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sent):
+            return NotImplemented
+        return (self.message, self.sequence, self.created) == (other.message, other.sequence, other.created)
 
-def _compiled(cls: type) -> bool:
-    """Whether ``cls`` is a mypyc-compiled class (burrow/_build.py): those refuse ``object.__new__``."""
-    try:
-        object.__new__(cls)
-    except TypeError:
-        return True
-    return False
+    def __hash__(self) -> int:
+        return hash((self.message, self.sequence, self.created))
 
-
-#: True when this module runs compiled: its classes then construct natively, faster than any
-#: trick, and the slot-setting constructors below (and in the stores) must not be used.
-COMPILED: Final = _compiled(Message)
-
-# Fast constructors for the values built on every request, for pure Python. A frozen
-# dataclass's __init__ sets each field through ``object.__setattr__`` (about 1 us for a
-# Filter); setting the slots through their descriptors builds the same, equally frozen,
-# object in half that.
-_new = object.__new__
-_set_limit, _set_marker, _set_match_hidden = _slot_setters(Filter, ("limit", "marker", "match_hidden"))
-_set_expires, _set_hidden_until, _set_meta = _slot_setters(Update, ("expires", "hidden_until", "meta"))
-
-
-def new_filter(limit: int | None, marker: str | None, match_hidden: bool) -> Filter:
-    """``Filter(limit, marker, match_hidden)``, faster."""
-    if COMPILED:
-        return Filter(limit, marker, match_hidden)
-    f: Filter = _new(Filter)
-    _set_limit(f, limit)
-    _set_marker(f, marker)
-    _set_match_hidden(f, match_hidden)
-    return f
-
-
-def new_update(expires: float | None, hidden_until: float | None, meta: bytes | None = None) -> Update:
-    """``Update(expires, hidden_until, meta)``, faster."""
-    if COMPILED:
-        return Update(expires, hidden_until, meta)
-    u: Update = _new(Update)
-    _set_expires(u, expires)
-    _set_hidden_until(u, hidden_until)
-    _set_meta(u, meta)
-    return u
+    def __repr__(self) -> str:
+        return f"Sent(message={self.message!r}, sequence={self.sequence!r}, created={self.created!r})"
 
 
 class Detail(Enum):

@@ -23,7 +23,7 @@ import orjson
 
 from burrow.core import validation
 from burrow.core.errors import BadRequest, Forbidden, NotFound
-from burrow.core.model import Counts, Message, new_filter, remaining
+from burrow.core.model import Counts, Filter, Message, remaining
 from burrow.engine import Engine
 from burrow.http.types import Request, Response
 from burrow.sqs.params import Caller
@@ -196,7 +196,7 @@ class UiApi:
         grant = request.grant
         engine = self.engine
         if grant is None or grant.account is None:
-            accounts = await engine.list_accounts(new_filter(ACCOUNTS_PAGE + 1, _marker(values), False))
+            accounts = await engine.list_accounts(Filter(ACCOUNTS_PAGE + 1, _marker(values), False))
             more = len(accounts) > ACCOUNTS_PAGE
             accounts = accounts[:ACCOUNTS_PAGE]
         else:
@@ -227,7 +227,7 @@ class UiApi:
     async def _account_totals(self, account: str, counted: int) -> dict[str, Any]:
         """One overview row: the account's first ``counted`` queues counted and summed."""
         engine = self.engine
-        queues = await engine.list_queues(account, new_filter(counted + 1, None, False))
+        queues = await engine.list_queues(account, Filter(counted + 1, None, False))
         counts = await asyncio.gather(*(engine.count(account, q) for q in queues[:counted]))
         return {
             "name": account,
@@ -279,7 +279,7 @@ class UiApi:
         marker: str | None = None
         while len(names) < QUEUE_NAMES_MAX:
             size = min(step, QUEUE_NAMES_MAX - len(names))
-            found = await engine.list_queues(account, new_filter(size, marker, False))
+            found = await engine.list_queues(account, Filter(size, marker, False))
             names.update(found)
             if len(found) < size:
                 return names, False
@@ -303,7 +303,7 @@ class UiApi:
         next_marker: str | None = None
         if limit:
             # One more than the page tells whether another page follows (max_limit may cap it).
-            listed = await engine.get_messages(account, queue, new_filter(limit + 1, marker, True))
+            listed = await engine.get_messages(account, queue, Filter(limit + 1, marker, True))
             more = len(listed) >= min(limit + 1, engine.settings.max_limit)
             listed = listed[:limit]
             now = engine.now()

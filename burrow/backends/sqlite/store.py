@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import sqlite3
 from bisect import insort
-from collections.abc import Callable
-from dataclasses import fields
 from typing import Any
 
 from burrow.backends.sqlite.schema import CLEAN_CHUNK
-from burrow.core.model import COMPILED, Counts, Filter, Message, Sent, Update
+from burrow.core.model import Counts, Filter, Message, Sent, Update
 
 _MESSAGE_COLUMNS = "seq, id, body, expires, hidden_until, meta, receives, first_received, grp, sequence"
 #: A message row: seq, then the fields of :class:`Message` in order (``_message``).
@@ -73,46 +71,9 @@ _SET_FIELDS = {
 }
 
 
-def _message_setters() -> tuple[Callable[[Message, Any], None], ...]:
-    names = (
-        "id",
-        "body",
-        "expires",
-        "hidden_until",
-        "meta",
-        "receives",
-        "first_received",
-        "group",
-        "sequence",
-    )
-    if tuple(f.name for f in fields(Message)) != names:
-        raise TypeError("Message fields changed; update store._message")
-    return tuple(vars(Message)[name].__set__ for name in names)
-
-
-# Every read builds a Message per row: setting the slots through their descriptors builds
-# the same frozen object in about half the time of the dataclass __init__ (as model.py does).
-_new = object.__new__
-_s_id, _s_body, _s_expires, _s_hidden, _s_meta, _s_receives, _s_first, _s_group, _s_sequence = (
-    _message_setters()
-)
-
-
 def _message(row: _Row) -> Message:
-    """``Message(*row[1:])``, faster."""
-    if COMPILED:  # a compiled Message refuses object.__new__ and constructs natively
-        return Message(*row[1:])
-    m: Message = _new(Message)
-    _s_id(m, row[1])
-    _s_body(m, row[2])
-    _s_expires(m, row[3])
-    _s_hidden(m, row[4])
-    _s_meta(m, row[5])
-    _s_receives(m, row[6])
-    _s_first(m, row[7])
-    _s_group(m, row[8])
-    _s_sequence(m, row[9])
-    return m
+    """The message of a row selected with its queue id first."""
+    return Message(row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9])
 
 
 def _expired(expires: float, now: float) -> bool:
