@@ -12,10 +12,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
-import boto3
 import orjson
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from burrow import AsyncClient
@@ -31,6 +29,7 @@ from burrow.quotas import Quota
 from burrow.testing.process import ServeProcess
 from burrow.testing.router import running_router
 from burrow.testing.server import running_server
+from tests.boto import sqs_client
 
 ADMIN_TOKEN = "admin-token-" + "a" * 32
 ACME_TOKEN = "acme-token-" + "b" * 32
@@ -61,17 +60,6 @@ def credentials(tmp_path: Path) -> str:
 
 def auth(token: str, header: str = "bearer") -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if header == "bearer" else {"X-Auth-Token": token}
-
-
-def sqs_client(url: str, key: str, secret: str) -> Any:
-    return boto3.client(
-        "sqs",
-        endpoint_url=url,
-        region_name="us-east-1",
-        aws_access_key_id=key,
-        aws_secret_access_key=secret,
-        config=Config(retries={"total_max_attempts": 1}, read_timeout=30),
-    )
 
 
 # -- what credentials allow ---------------------------------------------------------------------

@@ -23,18 +23,17 @@ from typing import Any, TypeVar
 from unittest import mock
 from urllib.parse import urlencode, urlsplit
 
-import boto3
 import orjson
 import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
-from botocore.config import Config
 from botocore.credentials import Credentials
 
 from burrow.api.routes import ROUTES
 from burrow.client import Connection, Reply
 from burrow.sqs.actions import ACTIONS
 from burrow.testing.process import ServeProcess
+from tests.boto import sqs_client
 
 VICTIM, MALLORY = "victim-acct", "mallory"
 V1_QUEUE, SQS_QUEUE, SQS_DLQ = "victim-q", "victim-sqs", "victim-dlq"
@@ -100,17 +99,6 @@ sqs_keys = {{ MALLORYKEY = "{KEYS["MALLORYKEY"]}" }}
     return str(path)
 
 
-def boto(url: str, key: str) -> Any:
-    return boto3.client(
-        "sqs",
-        endpoint_url=url,
-        region_name="us-east-1",
-        aws_access_key_id=key,
-        aws_secret_access_key=KEYS[key],
-        config=Config(retries={"total_max_attempts": 1}, read_timeout=30),
-    )
-
-
 @dataclass
 class Victim:
     url: str
@@ -155,7 +143,7 @@ def victim(server: str, background: Background) -> Victim:
                 assert reply.status == 201, reply
 
     background.run(seed())
-    sqs = boto(url, "VICTIMKEY")
+    sqs = sqs_client(url, "VICTIMKEY", KEYS["VICTIMKEY"])
     dlq = sqs.create_queue(QueueName=SQS_DLQ)["QueueUrl"]
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     policy = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 5})
@@ -423,7 +411,7 @@ def test_every_route_refuses_every_attack(victim: Victim, background: Background
 
 def test_other_tenant_sees_only_its_own_account(victim: Victim, background: Background) -> None:
     """The actions that name no queue run on the caller's own account and show nothing of the victim's."""
-    mallory = boto(victim.url, "MALLORYKEY")
+    mallory = sqs_client(victim.url, "MALLORYKEY", KEYS["MALLORYKEY"])
     assert "QueueUrls" not in mallory.list_queues(QueueNamePrefix="victim")
     assert "QueueUrls" not in mallory.list_queues()
     url = mallory.create_queue(QueueName=SQS_QUEUE)["QueueUrl"]  # the same name: its own queue
@@ -458,7 +446,7 @@ def _check_victim_intact(victim: Victim, background: Background) -> None:
             assert {m["id"]: m["body"] for m in orjson.loads(reply.body)} == V1_MESSAGES
 
     background.run(v1())
-    sqs = boto(victim.url, "VICTIMKEY")
+    sqs = sqs_client(victim.url, "VICTIMKEY", KEYS["VICTIMKEY"])
     attributes = sqs.get_queue_attributes(QueueUrl=victim.sqs_url, AttributeNames=["All"])["Attributes"]
     assert attributes["VisibilityTimeout"] == "30" and "Policy" not in attributes
     assert sqs.list_queue_tags(QueueUrl=victim.sqs_url)["Tags"] == {"owner": "victim"}

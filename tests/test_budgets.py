@@ -12,12 +12,9 @@ import asyncio
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
-import boto3
 import orjson
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from burrow.backends import open_backend
@@ -28,22 +25,10 @@ from burrow.config import Settings, load_settings, parse_bytes
 from burrow.core.model import Filter
 from burrow.testing.process import ServeProcess
 from burrow.testing.server import running_server
+from tests.boto import sqs_client
 
 CHUNK = b"x" * 65536
 T = 1_000_000.0
-
-
-def sqs_client(url: str, account: str) -> Any:
-    """boto3 for ``account`` (without credentials configured, the access key is the account);
-    no retries, so a refusal is seen as it is."""
-    return boto3.client(
-        "sqs",
-        endpoint_url=url,
-        region_name="us-east-1",
-        aws_access_key_id=account,
-        aws_secret_access_key="secret",
-        config=Config(retries={"total_max_attempts": 1}, read_timeout=30),
-    )
 
 
 async def fill(

@@ -11,16 +11,14 @@ import stat
 import sys
 import tomllib
 from pathlib import Path
-from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from burrow.auth.manage import main
 from burrow.client import Connection
 from burrow.testing.process import ServeProcess
+from tests.boto import sqs_client
 
 
 async def cli(*args: str, stdin: bytes = b"", env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -59,17 +57,6 @@ async def _status(url: str, method: str, path: str, token: str) -> int:
         return (await conn.request(method, path, body, {"Authorization": f"Bearer {token}"})).status
 
 
-def _sqs(url: str, key: str, secret: str) -> Any:
-    return boto3.client(
-        "sqs",
-        endpoint_url=url,
-        region_name="us-east-1",
-        aws_access_key_id=key,
-        aws_secret_access_key=secret,
-        config=Config(retries={"total_max_attempts": 1}),
-    )
-
-
 async def test_round_trip_through_a_running_server(tmp_path: Path) -> None:
     path = str(tmp_path / "credentials.toml")
     assert (await cli("--file", path, "add-account", "acme"))[0] == 0
@@ -100,7 +87,7 @@ async def test_round_trip_through_a_running_server(tmp_path: Path) -> None:
 
         def sqs_works(access: str, secret_key: str) -> str:
             try:
-                _sqs(url, access, secret_key).list_queues()
+                sqs_client(url, access, secret_key).list_queues()
             except ClientError as error:
                 return str(error.response["Error"]["Code"])
             return "ok"

@@ -36,10 +36,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import boto3
 import orjson
 import pytest
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from burrow.client import Connection, Reply
@@ -49,6 +47,7 @@ from burrow.testing.backends import SERVER_BACKENDS
 from burrow.testing.history import History, Op, Report, Stamp
 from burrow.testing.process import ServeProcess
 from burrow.testing.server import running_server
+from tests.boto import sqs_client
 
 SOAK = os.environ.get("BURROW_SOAK", "") not in ("", "0")
 #: SIGKILL cycles of the durable backend.
@@ -252,17 +251,6 @@ async def test_v1_workload(backend: str, tmp_path: Path) -> None:
 
 
 # -- the SQS workload ---------------------------------------------------------------------------
-
-
-def sqs_client(url: str, account: str) -> Any:
-    return boto3.client(
-        "sqs",
-        endpoint_url=url,
-        region_name="us-east-1",
-        aws_access_key_id=account,
-        aws_secret_access_key="unused",
-        config=Config(retries={"total_max_attempts": 1}, read_timeout=30),
-    )
 
 
 class SqsLoad:

@@ -14,12 +14,9 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-import boto3
 import orjson
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from burrow.client import Connection
@@ -29,6 +26,7 @@ from burrow.quotas import Quota
 from burrow.testing.backends import SERVER_BACKENDS
 from burrow.testing.process import ServeProcess
 from burrow.testing.server import RunningServer, running_server
+from tests.boto import sqs_client
 
 BACKENDS = ["memory", "sqlite-file", "redis"]
 
@@ -38,19 +36,6 @@ async def server(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     url = SERVER_BACKENDS[request.param].format(tmp=tmp_path)
     async with running_server(Settings(backend=url, clean_interval=0.1)) as running:
         yield running
-
-
-def sqs_client(url: str, account: str) -> Any:
-    """boto3 acting as ``account`` (no credentials configured: the access key is the account),
-    without retries, so that a refusal is seen as it is."""
-    return boto3.client(
-        "sqs",
-        endpoint_url=url,
-        region_name="us-east-1",
-        aws_access_key_id=account,
-        aws_secret_access_key="secret",
-        config=Config(retries={"total_max_attempts": 1}, read_timeout=30),
-    )
 
 
 def refused(reply: Reply, quota: str) -> None:

@@ -23,15 +23,14 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
-import boto3
 import pytest
-from botocore.config import Config
 
 from burrow.clock import Clock as EngineClock
 from burrow.config import Settings
 from burrow.testing.backends import SERVER_BACKENDS
 from burrow.testing.router import SERVERS, RunningRouter, running_router
 from burrow.testing.server import RunningServer, running_server
+from tests.boto import sqs_client
 
 T = TypeVar("T")
 
@@ -43,6 +42,9 @@ ONE_SERVER_ONLY = {
     "tests.sqs.test_storage_calls": "counts the calls reaching one server's store: the router"
     " forwards each request to one server unchanged, whose store sees exactly these calls",
 }
+
+#: The suites' boto3 client (tests/boto.py), under the name they import.
+client = sqs_client
 
 
 class ThreadedServer:
@@ -129,17 +131,6 @@ def settings_for(backend: str, tmp: Path, **changes: Any) -> Settings:
     # 4 MiB requests: a 1 MiB SQS message in JSON must reach the SQS size check.
     return Settings(backend=url, max_body_bytes=4 << 20, clean_interval=0.1, workers=workers).replace(
         **changes
-    )
-
-
-def client(url: str, access_key: str = "testing", secret: str = "testing", region: str = "us-east-1") -> Any:
-    return boto3.client(
-        "sqs",
-        endpoint_url=url,
-        region_name=region,
-        aws_access_key_id=access_key,
-        aws_secret_access_key=secret,
-        config=Config(retries={"total_max_attempts": 1}, read_timeout=30),
     )
 
 
